@@ -1,0 +1,91 @@
+"""Command line: `python -m f2d_core {encode,convert} ...` (see README)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import F2DError
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _read_image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise F2DError(f"{path}: image not found.") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise F2DError(f"{path}: not a readable image ({e}). Use a JPEG or PNG photo.") from None
+
+
+def cmd_encode(args) -> int:
+    from .detect import load_detector
+    from .encoder import load_encoder
+    from .identity import SUFFIX
+    from .model_files import find_models
+    from .pipeline import encode_images
+    models = find_models(args.models, pack=args.pack)
+    images = [_read_image(p) for p in args.image]
+    device = _device(args.device)
+    encoder = load_encoder(models["msid"], models["mapping"], device=device)
+    detector = load_detector(models["pack"], device=device)
+    policy = int(args.face) if args.face.lstrip("-").isdigit() else args.face
+    identity = encode_images(encoder, images, detector, policy=policy, on_no_face=args.on_no_face,
+                             names=[os.path.basename(p) for p in args.image],
+                             progress=lambda i, n: print(f"  face {i}/{n}", file=sys.stderr))
+    out = args.out if args.out.endswith(SUFFIX) else args.out + SUFFIX
+    identity.save(out)
+    for f in identity.meta["faces"]:
+        print(f"used {f['image']}: box {f.get('box')}, score {f.get('score')}, {f.get('faces_in_image')} face(s) seen")
+    for s in identity.meta["skipped"]:
+        print(f"skipped {s['image']}: {s['reason']}")
+    print(f"wrote {out} ({identity.num_faces} face(s))")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .checkpoint import convert
+    kind = convert(args.src, args.dst)
+    print(f"wrote {args.dst} ({kind})")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m f2d_core", description="Face2Diffusion engine tools")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("encode", help="photos of one person -> an identity file (.f2d.safetensors)")
+    e.add_argument("--image", action="append", required=True, help="a photo of the person (repeat for more)")
+    e.add_argument("--models", required=True,
+                   help="a ComfyUI-style models folder: face2diffusion/{msid,mapping}.pt and insightface/models/<pack>/")
+    e.add_argument("--out", required=True, help="output NAME.f2d.safetensors")
+    e.add_argument("--pack", default=None, help="insightface pack name (default: buffalo_l, else the first found)")
+    e.add_argument("--face", default="largest", help="which face per photo: largest, confident, or an index")
+    e.add_argument("--on-no-face", default="error", choices=("error", "skip"))
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.set_defaults(fn=cmd_encode)
+    c = sub.add_parser("convert", help="official .pt -> .safetensors (kind detected from the keys)")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.set_defaults(fn=cmd_convert)
+    b = sub.add_parser("bench", help="speed and memory figures (see benchmarks/RESULTS.md)")
+    b.set_defaults(fn=lambda a: __import__(f"{__package__}.bench", fromlist=["main"]).main(a.rest))
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except F2DError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

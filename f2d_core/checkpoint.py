@@ -1,0 +1,202 @@
+"""Reading and checking weight files: official `.pt` pickles and `.safetensors`.
+
+Pickles are read with `torch.load(weights_only=True)`: a file that would run code
+when unpickled is refused. Every file is checked against the exact key set and shapes
+of the module it is meant for, and a wrong file is described ("this is the mapping
+checkpoint, not the MSID encoder") instead of failing deep inside load_state_dict.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import CheckpointError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str             # key in KINDS
+    title: str            # what users call it
+    file_names: tuple     # the names the README tells users to use
+    module: Callable      # builds the nn.Module whose state_dict the file must match
+    signature: str        # a key only this kind has
+
+
+def _msid():
+    from .msid import MSIDEncoder
+    return MSIDEncoder()
+
+
+def _mapping():
+    from .mapping import MappingNetwork
+    return MappingNetwork()
+
+
+KINDS: dict[str, Kind] = {
+    "msid": Kind("msid", "the MSID identity encoder", ("msid.pt", "msid.safetensors"), _msid,
+                 "norms.layer_11.0.running_mean"),
+    "mapping": Kind("mapping", "the mapping network", ("mapping.pt", "mapping.safetensors"), _mapping,
+                    "i2t_first.fc_out.weight"),
+}
+
+# Files users mix up with ours, recognised by a key prefix, so the message can name them.
+_FOREIGN = (
+    ("model.diffusion_model.", "a Stable Diffusion checkpoint (it belongs in models/checkpoints)"),
+    ("text_model.", "a CLIP text encoder"),
+    ("cond_stage_model.", "a Stable Diffusion checkpoint (it belongs in models/checkpoints)"),
+    ("lora_", "a LoRA"),
+    ("net_recon.", "a Deep3DFaceRecon checkpoint (the expression regressor)"),
+    ("image_proj_model.", "an IP-Adapter / InstantID model"),
+)
+
+_shape_cache: dict[str, dict[str, tuple]] = {}
+
+
+def expected_shapes(kind: str) -> dict[str, tuple]:
+    """{key: shape} of the module `kind` names, built once on the meta device (no memory)."""
+    if kind not in _shape_cache:
+        with torch.device("meta"):
+            sd = KINDS[kind].module().state_dict()
+        _shape_cache[kind] = {k: tuple(v.shape) for k, v in sd.items()}
+    return _shape_cache[kind]
+
+
+def _size(path) -> str:
+    n = os.path.getsize(path)
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of a `.pt`/`.pth`/`.bin`/`.ckpt` or `.safetensors` file, on the CPU.
+
+    A leading `module.` (DataParallel) is stripped and a `{"state_dict": ...}` wrapper
+    is unwrapped. Raises CheckpointError with an actionable message otherwise.
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found.")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); the download did not finish. Download it again.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.lower().endswith(SAFETENSORS_SUFFIX):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            sd = load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({e}). It is {_size(path)}; it is probably truncated "
+                "or corrupt. Download it again, or convert the official .pt with "
+                "`python -m f2d_core convert IN.pt OUT.safetensors`.") from None
+    elif path.lower().endswith(".onnx"):
+        raise CheckpointError(f"{path}: this is an ONNX model (a face detector or recogniser), not a PyTorch weight "
+                              "file. insightface models belong in models/insightface/models/<pack>/.")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            blocked = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+            raise CheckpointError(
+                f"{path}: refused to load. The file contains Python objects that would run code when unpickled, "
+                f"which a weight file never needs{f' ({blocked})' if blocked else ''}. The official msid.pt and "
+                "mapping.pt are plain state_dicts and load safely; download them again from the official links "
+                "in the README.") from None
+        except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+            hint = "it is probably truncated or corrupt"
+            if head[:2] != b"PK" and head[:1] != b"\x80":
+                hint = "it is not a PyTorch checkpoint at all"
+                if head.startswith(b"<"):
+                    hint += " (it starts like an HTML page: a download link that returned a web page)"
+            raise CheckpointError(
+                f"{path}: could not be read as a PyTorch checkpoint ({type(e).__name__}); {hint}. It is "
+                f"{_size(path)}. Download the file again.") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), found "
+                              f"{type(sd).__name__}. {name} is not a weight file this pack can use.")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def identify(keys) -> str | None:
+    """The kind in KINDS whose signature key is present, else None."""
+    keys = set(keys)
+    return next((k for k, spec in KINDS.items() if spec.signature in keys), None)
+
+
+def describe(keys) -> str:
+    """What a state_dict looks like, for error messages."""
+    kind = identify(keys)
+    if kind:
+        return f"this is {KINDS[kind].title} checkpoint ({'/'.join(KINDS[kind].file_names)})"
+    for prefix, what in _FOREIGN:
+        if any(k.startswith(prefix) for k in keys):
+            return f"this looks like {what}"
+    sample = ", ".join(sorted(keys)[:3])
+    return f"unrecognised contents ({len(keys)} tensors, e.g. {sample})"
+
+
+def _list(keys, n=5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def validate(sd: dict, kind: str, path: str) -> None:
+    """Raise CheckpointError unless `sd` has exactly the keys and shapes of `kind`."""
+    spec = KINDS[kind]
+    want = expected_shapes(kind)
+    found = identify(sd.keys())
+    if found != kind:
+        raise CheckpointError(
+            f"{path}: expected {spec.title} ({' or '.join(spec.file_names)}), but {describe(sd.keys())}. "
+            "Check which file is selected in each slot.")
+    missing, unexpected = want.keys() - sd.keys(), sd.keys() - want.keys()
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {want[k]})" for k in sorted(want.keys() & sd.keys())
+             if tuple(sd[k].shape) != want[k]]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {_list(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {_list(wrong, 3)}")
+        raise CheckpointError(
+            f"{path}: looks like {spec.title} but does not match the official layout ({'; '.join(parts)}). "
+            f"The file may be from another version or incomplete; use the official {spec.file_names[0]}.")
+
+
+def load_checkpoint(path: str, kind: str) -> dict[str, torch.Tensor]:
+    """Read and validate a checkpoint of `kind` ("msid" or "mapping")."""
+    sd = read_state_dict(path)
+    validate(sd, kind, os.fspath(path))
+    return sd
+
+
+def convert(src: str, dst: str) -> str:
+    """Rewrite an official `.pt` as `.safetensors` (kind detected from the keys); returns the kind."""
+    from safetensors.torch import save_file
+    sd = read_state_dict(src)
+    kind = identify(sd.keys())
+    if kind is None:
+        raise CheckpointError(f"{src}: {describe(sd.keys())}; only Face2Diffusion checkpoints "
+                              f"({', '.join(n for s in KINDS.values() for n in s.file_names[:1])}) can be converted.")
+    validate(sd, kind, src)
+    if not dst.lower().endswith(SAFETENSORS_SUFFIX):
+        raise CheckpointError(f"{dst}: the output name must end in .safetensors")
+    tmp = dst + ".tmp"
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={"f2d_kind": kind})
+    os.replace(tmp, dst)  # atomic: a crash never leaves half a file under the final name
+    return kind

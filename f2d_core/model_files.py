@@ -1,0 +1,70 @@
+"""Where the model files live, and one message that says what goes where when they do not.
+
+The layout is ComfyUI's `models/` folder, so the same folder serves the nodes, the CLI
+and the headless runner:
+    models/face2diffusion/msid.pt (or .safetensors)
+    models/face2diffusion/mapping.pt (or .safetensors)
+    models/insightface/models/<pack>/det_10g.onnx (buffalo_l) or scrfd_10g_bnkps.onnx (antelopev2)
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import ModelFilesMissing
+
+F2D_FOLDER = "face2diffusion"
+INSIGHTFACE_FOLDER = os.path.join("insightface", "models")
+MSID_URL = "https://drive.google.com/file/d/1DjUf-ib612SDDt86TRlsDkHqXTeYx030/view"
+MAPPING_URL = "https://drive.google.com/file/d/1Lf_mwMgme_HVYJCkViGr4TfGOfKw9PhE/view"
+BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+PREFERRED_PACKS = ("buffalo_l", "antelopev2")
+
+
+def _first(folder: str, stem: str) -> str | None:
+    for ext in (".safetensors", ".pt", ".pth"):
+        p = os.path.join(folder, stem + ext)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def layout_help(models_dir: str) -> str:
+    f2d = os.path.join(models_dir, F2D_FOLDER)
+    ins = os.path.join(models_dir, INSIGHTFACE_FOLDER)
+    return (f"  {os.path.join(f2d, 'msid.pt')}      MSID encoder, {MSID_URL}\n"
+            f"  {os.path.join(f2d, 'mapping.pt')}   mapping network, {MAPPING_URL}\n"
+            f"  {os.path.join(ins, 'buffalo_l', 'det_10g.onnx')}   face detector: unzip {BUFFALO_L_URL} "
+            f"into {os.path.join(ins, 'buffalo_l')}\n"
+            "(.safetensors made by `python -m f2d_core convert` work too; the Face2Diffusion weights are "
+            "CC BY-NC-SA 4.0, non-commercial.)")
+
+
+def find_models(models_dir: str, need_detector: bool = True, pack: str | None = None) -> dict:
+    """{"msid": path, "mapping": path, "pack": insightface pack dir or None}; one clear error listing
+    every missing file otherwise. Files directly in `models_dir` are accepted too."""
+    models_dir = os.path.abspath(os.fspath(models_dir))
+    found, missing = {}, []
+    for stem in ("msid", "mapping"):
+        p = _first(os.path.join(models_dir, F2D_FOLDER), stem) or _first(models_dir, stem)
+        found[stem] = p
+        if p is None:
+            missing.append(f"{stem}.pt")
+    found["pack"] = None
+    if need_detector:
+        from .detect import list_insightface_packs
+        root = os.path.join(models_dir, INSIGHTFACE_FOLDER)
+        packs = list_insightface_packs(root) if os.path.isdir(root) else []
+        if pack is not None:
+            if pack not in packs:
+                missing.append(f"insightface pack {pack!r} (found: {', '.join(packs) or 'none'})")
+            else:
+                found["pack"] = os.path.join(root, pack)
+        elif packs:
+            best = next((p for p in PREFERRED_PACKS if p in packs), packs[0])
+            found["pack"] = os.path.join(root, best)
+        else:
+            missing.append("an insightface detector pack")
+    if missing:
+        raise ModelFilesMissing(
+            f"model files missing in {models_dir}: {', '.join(missing)}. Put them here:\n{layout_help(models_dir)}")
+    return found
