@@ -73,6 +73,33 @@ def _size(path) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"
 
 
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.", "_codecs.encode")
+
+
+def _foreign_globals(path: str) -> set[str]:
+    """Names a pickle would import beyond torch's own (best effort, for the error message)."""
+    import pickletools
+    import zipfile
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        else:
+            with open(path, "rb") as f:
+                data = f.read(1 << 24)
+        names, strings = set(), []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                names.add(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.add(f"{strings[-2]}.{strings[-1]}")
+        return {n for n in names if not n.startswith(_SAFE_GLOBAL_PREFIXES)}
+    except Exception:  # a message helper must never mask the real error
+        return set()
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """All tensors of a `.pt`/`.pth`/`.bin`/`.ckpt` or `.safetensors` file, on the CPU.
 
@@ -101,24 +128,25 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: this is an ONNX model (a face detector or recogniser), not a PyTorch weight "
                               "file. insightface models belong in models/insightface/models/<pack>/.")
     else:
+        if not head.startswith(b"PK") and head[:1] != b"\x80":  # zip (torch.save) or raw pickle
+            hint = " (it starts like an HTML page: a download link that returned a web page)" \
+                if head.lstrip().startswith(b"<") else ""
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint at all{hint}. It is {_size(path)}. "
+                                  "Download the file again from the official link in the README.")
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            blocked = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        except pickle.UnpicklingError:
+            found = _foreign_globals(path)
+            what = f" (it would import {', '.join(sorted(found)[:3])})" if found else ""
             raise CheckpointError(
-                f"{path}: refused to load. The file contains Python objects that would run code when unpickled, "
-                f"which a weight file never needs{f' ({blocked})' if blocked else ''}. The official msid.pt and "
-                "mapping.pt are plain state_dicts and load safely; download them again from the official links "
-                "in the README.") from None
+                f"{path}: refused to load. It is not a plain tensor checkpoint: it holds Python objects that "
+                f"could run code when unpickled{what}, and weight files are only read with "
+                "torch.load(weights_only=True). The official msid.pt and mapping.pt are plain state_dicts and "
+                "load safely; download them again from the official links in the README.") from None
         except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
-            hint = "it is probably truncated or corrupt"
-            if head[:2] != b"PK" and head[:1] != b"\x80":
-                hint = "it is not a PyTorch checkpoint at all"
-                if head.startswith(b"<"):
-                    hint += " (it starts like an HTML page: a download link that returned a web page)"
             raise CheckpointError(
-                f"{path}: could not be read as a PyTorch checkpoint ({type(e).__name__}); {hint}. It is "
-                f"{_size(path)}. Download the file again.") from None
+                f"{path}: could not be read as a PyTorch checkpoint ({type(e).__name__}); it is probably truncated "
+                f"or corrupt. It is {_size(path)}. Download the file again.") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
