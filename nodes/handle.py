@@ -1,0 +1,101 @@
+"""F2D_ENCODER: the engine's encoder under ComfyUI's memory management, plus the face detector."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from ..f2d_core import load_encoder
+from ..f2d_core.encoder import F2DEncoder
+
+
+class _Patchable(nn.Module):
+    """ModelPatcher writes `model.device`; F2DEncoder derives its device from its weights, so it
+    sits inside this plain container."""
+
+    def __init__(self, encoder: F2DEncoder, device):
+        super().__init__()
+        self.encoder = encoder
+        self.device = device
+
+
+class EncoderHandle:
+    """What flows through an F2D_ENCODER socket. The weights live on ComfyUI's offload device
+    and are loaded onto its compute device before each use, so ComfyUI can evict them."""
+
+    def __init__(self, encoder: F2DEncoder, load_device, offload_device, detector=None, detector_name=None):
+        self.encoder = encoder
+        self.patcher = comfy.model_patcher.ModelPatcher(_Patchable(encoder, offload_device),
+                                                        load_device=load_device, offload_device=offload_device)
+        self.detector = detector
+        self.detector_name = detector_name
+
+    def with_detector(self, detector, name) -> "EncoderHandle":
+        other = object.__new__(EncoderHandle)
+        other.__dict__.update(self.__dict__, detector=detector, detector_name=name)
+        return other
+
+    def _ready(self):
+        mm.load_model_gpu(self.patcher)
+
+    @property
+    def null_exp(self) -> torch.Tensor:
+        return self.encoder.null_exp.cpu()
+
+    def identity_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._ready()
+        return self.encoder.identity_features(pixels).to(mm.intermediate_device())
+
+    def face_tokens(self, features, expression=None):
+        self._ready()
+        s1, s2 = self.encoder.face_tokens(features, expression)
+        return s1.cpu(), s2.cpu()
+
+    # the engine's pipeline calls these names on an encoder
+    @property
+    def msid_path(self):
+        return self.encoder.msid_path
+
+    @property
+    def mapping_path(self):
+        return self.encoder.mapping_path
+
+    @property
+    def model_hashes(self):
+        return self.encoder.model_hashes
+
+    def describe(self) -> str:
+        p = next(self.encoder.parameters())
+        return (f"{os.path.basename(self.encoder.msid_path)} + {os.path.basename(self.encoder.mapping_path)}, "
+                f"{str(p.dtype).replace('torch.', '')}, detector: {self.detector_name or 'none'}")
+
+
+_cache: dict = {}
+
+
+def _file_key(path):
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_mtime_ns, st.st_size
+
+
+def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> EncoderHandle:
+    """Built once per (files, device, dtype) and reused across graphs and runs."""
+    load_device = mm.get_torch_device() if device_choice == "auto" else torch.device("cpu")
+    offload_device = mm.unet_offload_device() if device_choice == "auto" else torch.device("cpu")
+    key = (_file_key(msid_path), _file_key(mapping_path), str(load_device), str(dtype))
+    if key not in _cache:
+        if dtype is None:
+            dtype = torch.float32
+            if load_device.type == "cuda":
+                from ..f2d_core.precision import choose_dtype
+                probe = load_encoder(msid_path, mapping_path, device=load_device)
+                dtype = choose_dtype(probe, load_device)
+                del probe
+        encoder = load_encoder(msid_path, mapping_path, device=offload_device, dtype=dtype)
+        _cache.clear()  # one encoder at a time: a new file replaces the old one
+        _cache[key] = EncoderHandle(encoder, load_device, offload_device)
+    return _cache[key]

@@ -1,0 +1,65 @@
+"""LoadF2DEncoder: the MSID encoder, the mapping network and a face detector."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..f2d_core import choices
+from ..f2d_core.detect import load_detector
+from . import paths
+from .handle import load_handle
+from .types import F2DEncoder
+
+DEVICES = ("auto", "cpu")
+
+
+class LoadF2DEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        files = paths.weight_files()
+        packs = paths.detector_packs()
+        return io.Schema(
+            node_id="LoadF2DEncoder",
+            display_name="Load Face2Diffusion Encoder",
+            category="Face2Diffusion",
+            description="Loads the Face2Diffusion identity encoder (MSID) and mapping network from "
+                        "models/face2diffusion, and an insightface face detector from "
+                        "models/insightface/models. Loaded once and reused; ComfyUI moves it to the GPU "
+                        "when needed and can offload it.",
+            inputs=[
+                io.Combo.Input("msid", options=files, default=paths.default_file(files, "msid"),
+                               tooltip="The MSID identity encoder: msid.pt (or msid.safetensors) in "
+                                       "models/face2diffusion."),
+                io.Combo.Input("mapping", options=files, default=paths.default_file(files, "mapping"),
+                               tooltip="The mapping network: mapping.pt (or mapping.safetensors) in "
+                                       "models/face2diffusion."),
+                io.Combo.Input("detector", options=packs + [paths.NO_DETECTOR],
+                               default=(packs + [paths.NO_DETECTOR])[0],
+                               tooltip="insightface model pack used to find and align faces (buffalo_l or "
+                                       "antelopev2 in models/insightface/models). Choose 'none' only if "
+                                       "your images are already ArcFace-aligned 112x112 face crops."),
+                io.Boolean.Input("landmarks_68", default=True,
+                                 tooltip="Align with the pack's 68-point landmarks (1k3d68.onnx) when it has "
+                                         "them: closest to the official alignment. Off: the detector's 5 "
+                                         "keypoints."),
+                io.Combo.Input("device", options=list(DEVICES), default="auto",
+                               tooltip="auto: ComfyUI's device (your GPU, or the CPU with --cpu). cpu: always "
+                                       "the CPU."),
+                io.Combo.Input("precision", options=list(choices.PRECISIONS), default="auto",
+                               tooltip="auto: fp32 on the CPU; on a GPU fp16 or bf16 when their identity "
+                                       "tokens stay within 1e-2 of fp32 (checked at load), else fp32."),
+            ],
+            outputs=[F2DEncoder.Output(display_name="encoder",
+                                       tooltip="Connect to Encode Face, Expression and Inject Face Token.")],
+        )
+
+    @classmethod
+    def execute(cls, msid, mapping, detector, landmarks_68=True, device="auto", precision="auto"):
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        handle = load_handle(paths.weight_path(msid, "msid"), paths.weight_path(mapping, "mapping"),
+                             device, choices.precision(precision))
+        det = None
+        if detector != paths.NO_DETECTOR:
+            det = load_detector(paths.detector_pack_path(detector), use_landmarks68=bool(landmarks_68),
+                                device="cpu" if device == "cpu" else "auto")
+        return io.NodeOutput(handle.with_detector(det, None if det is None else detector))

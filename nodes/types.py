@@ -1,0 +1,6 @@
+"""The pack's socket types."""
+from comfy_api.latest import io
+
+F2DEncoder = io.Custom("F2D_ENCODER")      # nodes.handle.EncoderHandle
+F2DFace = io.Custom("F2D_FACE")            # f2d_core.identity.FaceIdentity
+F2DExpression = io.Custom("F2D_EXPRESSION")  # nodes.expression.Expression

@@ -1,0 +1,77 @@
+"""Node logic that needs no ComfyUI: option parsing, identity strength, SD1 checks."""
+import pytest
+import torch
+
+from f2d_core import F2DError, inject
+from f2d_core.choices import face_policy, on_no_face, parse_vector, precision
+from f2d_core.conditioning import blend_conditioning, clip_family, require_sd1
+
+
+def test_face_choices_map_to_selection_policies():
+    assert face_policy("largest") == "largest"
+    assert face_policy("most confident") == "confident"
+    assert face_policy("index", 2) == 2
+    with pytest.raises(F2DError, match="face must be one of"):
+        face_policy("smallest")
+    with pytest.raises(F2DError, match="0 or more"):
+        face_policy("index", -1)
+
+
+def test_on_no_face_and_precision_values_are_checked():
+    assert on_no_face("skip") == "skip"
+    assert precision("auto") is None and precision("bf16") is torch.bfloat16
+    with pytest.raises(F2DError, match="precision must be one of"):
+        precision("fp8")
+    with pytest.raises(F2DError, match="on no face must be one of"):
+        on_no_face("ignore")
+
+
+def test_expression_vectors_parse_from_pasted_text():
+    text = "[" + ", ".join(str(i / 10) for i in range(64)) + "]"
+    assert torch.equal(parse_vector(text), torch.arange(64, dtype=torch.float32) / 10)
+    assert parse_vector("\n".join(["1e-2"] * 64)).eq(0.01).all()
+
+
+@pytest.mark.parametrize("text, match", [("1, 2, 3", "expected 64 numbers, got 3"),
+                                         (", ".join(["1"] * 63 + ["x"]), "'x' is not a number"),
+                                         (", ".join(["nan"] * 64), "NaN")])
+def test_bad_expression_vectors_are_explained(text, match):
+    with pytest.raises(F2DError, match=match):
+        parse_vector(text)
+
+
+def cond(value, pooled):
+    return [[torch.full((1, 77, 768), value), {"pooled_output": torch.full((1, 768), pooled), "area": (1, 2)}]]
+
+
+def test_identity_strength_blends_linearly_and_keeps_other_keys():
+    out = blend_conditioning(cond(2.0, 4.0), cond(0.0, 0.0), 0.25)
+    assert out[0][0].eq(0.5).all() and out[0][1]["pooled_output"].eq(1.0).all()
+    assert out[0][1]["area"] == (1, 2)
+    assert torch.equal(blend_conditioning(cond(2.0, 4.0), cond(1.0, 3.0), 1.0)[0][0], cond(2.0, 4.0)[0][0])
+    assert torch.equal(blend_conditioning(cond(2.0, 4.0), cond(1.0, 3.0), 0.0)[0][0], cond(1.0, 3.0)[0][0])
+
+
+def test_blending_mismatched_conditioning_is_refused():
+    longer = [[torch.zeros(1, 154, 768), {}]]
+    with pytest.raises(F2DError, match="shapes"):
+        blend_conditioning(cond(1, 1), longer, 0.5)
+
+
+def test_class_word_replaces_the_trigger_at_strength_zero(tokenizer):
+    from f2d_core.text_encoder import tokenize
+    tokens = tokenize(tokenizer, "a photo of f l at the beach")
+    replaced = inject.replace_trigger(tokens, [325, 331], inject.trigger_token_ids(tokenizer, "person"))
+    assert replaced == tokenize(tokenizer, "a photo of person at the beach")
+
+
+@pytest.mark.parametrize("keys, family", [({"l"}, "SD1.x"), ({"g", "l"}, "SDXL"), ({"h"}, "SD2.x"),
+                                          ({"g", "l", "t5xxl"}, "SD3"), ({"l", "t5xxl"}, "Flux")])
+def test_clip_families_are_recognised(keys, family):
+    assert clip_family(keys) == family
+
+
+def test_non_sd1_clips_get_a_plain_message():
+    require_sd1({"l"})
+    with pytest.raises(F2DError, match=r"works with SD1\.x checkpoints .* this CLIP belongs to SDXL"):
+        require_sd1({"g", "l"})
