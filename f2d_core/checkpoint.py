@@ -39,12 +39,23 @@ def _mapping():
     return MappingNetwork()
 
 
+def _deep3d():
+    from .expression import ReconNet
+    return ReconNet()
+
+
 KINDS: dict[str, Kind] = {
     "msid": Kind("msid", "the MSID identity encoder", ("msid.pt", "msid.safetensors"), _msid,
                  "norms.layer_11.0.running_mean"),
     "mapping": Kind("mapping", "the mapping network", ("mapping.pt", "mapping.safetensors"), _mapping,
                     "i2t_first.fc_out.weight"),
+    # Deep3DFaceRecon_pytorch's epoch_20.pth holds {"net_recon": state_dict, "opt_00": ..., "sched_00": ...}
+    "deep3d": Kind("deep3d", "the Deep3DFaceRecon expression regressor", ("epoch_20.pth", "epoch_20.safetensors"),
+                   _deep3d, "final_layers.1.weight"),
 }
+
+# Wrappers around a state_dict: {"state_dict": sd} (common), {"net_recon": sd, ...} (epoch_20.pth)
+_WRAPPERS = ("state_dict", "net_recon")
 
 # Files users mix up with ours, recognised by a key prefix, so the message can name them.
 _FOREIGN = (
@@ -54,6 +65,7 @@ _FOREIGN = (
     ("lora_", "a LoRA"),
     ("net_recon.", "a Deep3DFaceRecon checkpoint (the expression regressor)"),
     ("image_proj_model.", "an IP-Adapter / InstantID model"),
+    ("layer1.0.conv1.", "a bare ResNet (e.g. an ImageNet or ArcFace backbone), not a trained model this pack uses"),
 )
 
 _shape_cache: dict[str, dict[str, tuple]] = {}
@@ -103,8 +115,9 @@ def _foreign_globals(path: str) -> set[str]:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """All tensors of a `.pt`/`.pth`/`.bin`/`.ckpt` or `.safetensors` file, on the CPU.
 
-    A leading `module.` (DataParallel) is stripped and a `{"state_dict": ...}` wrapper
-    is unwrapped. Raises CheckpointError with an actionable message otherwise.
+    A leading `module.` (DataParallel) is stripped and a `{"state_dict": ...}` or
+    `{"net_recon": ...}` wrapper is unwrapped (its other entries, such as optimizer state,
+    are dropped). Raises CheckpointError with an actionable message otherwise.
     """
     path = os.fspath(path)
     name = os.path.basename(path)
@@ -147,8 +160,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: could not be read as a PyTorch checkpoint ({type(e).__name__}); it is probably truncated "
                 f"or corrupt. It is {_size(path)}. Download the file again.") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    wrapper = next((k for k in _WRAPPERS if isinstance(sd, dict) and isinstance(sd.get(k), dict)), None)
+    if wrapper:
+        sd = sd[wrapper]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), found "
                               f"{type(sd).__name__}. {name} is not a weight file this pack can use.")
@@ -207,7 +221,7 @@ def validate(sd: dict, kind: str, path: str) -> None:
 
 
 def load_checkpoint(path: str, kind: str) -> dict[str, torch.Tensor]:
-    """Read and validate a checkpoint of `kind` ("msid" or "mapping")."""
+    """Read and validate a checkpoint of `kind` ("msid", "mapping" or "deep3d")."""
     sd = read_state_dict(path)
     validate(sd, kind, os.fspath(path))
     return sd
