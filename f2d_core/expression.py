@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .errors import F2DError, NoFaceError
-from .images import to_rgb_uint8
+from .images import as_list, to_rgb_uint8
 
 RECON_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -215,10 +215,9 @@ class ExpressionRegressor:
         """(crops uint8 (N, 224, 224, 3), one info dict per crop, skipped: [info]). detector: a
         detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops."""
         from .detect import select_face
-        from .pipeline import _as_list
         if on_no_face not in ("error", "skip"):
             raise F2DError(f"on_no_face must be 'error' or 'skip', got {on_no_face!r}")
-        images = _as_list(images)
+        images = as_list(images)
         if not images:
             raise F2DError("no expression reference image was given; connect at least one photo.")
         names = list(names) if names else [f"expression image {i + 1} of {len(images)}" for i in range(len(images))]

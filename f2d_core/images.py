@@ -46,3 +46,12 @@ def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
     elif out.shape[2] == 4:
         out = out[:, :, :3]
     return np.ascontiguousarray(out)
+
+
+def as_list(images) -> list:
+    """A list of single images from a list/tuple, a ComfyUI IMAGE batch [B, H, W, C], or one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if hasattr(images, "ndim") and images.ndim == 4:
+        return [images[i] for i in range(images.shape[0])]
+    return [images]

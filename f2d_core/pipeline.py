@@ -11,17 +11,9 @@ from .align import ALIGNED_SIZE, align_face, to_pixels
 from .encoder import F2DEncoder
 from .errors import F2DError, NoFaceError
 from .identity import FaceIdentity
-from .images import to_rgb_uint8
+from .images import as_list, to_rgb_uint8
 
 ON_NO_FACE = ("error", "skip")
-
-
-def _as_list(images) -> list:
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    if hasattr(images, "ndim") and images.ndim == 4:  # a ComfyUI IMAGE batch [B, H, W, C]
-        return [images[i] for i in range(images.shape[0])]
-    return [images]
 
 
 def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", on_no_face="error",
@@ -38,7 +30,7 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
     from .detect import select_face  # the detector is optional, keep its import local
     if on_no_face not in ON_NO_FACE:
         raise F2DError(f"on_no_face must be one of {ON_NO_FACE}, got {on_no_face!r}")
-    images = _as_list(images)
+    images = as_list(images)
     if not images:
         raise F2DError("no images were given; connect at least one photo of the person.")
     names = list(names) if names else [f"image {i + 1} of {len(images)}" for i in range(len(images))]

@@ -7,9 +7,12 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.choices import parse_vector
+from ..f2d_core.errors import F2DError
+from ..f2d_core.expression import expression_from_strength
 from .types import F2DEncoder, F2DExpression
 
-MODES = ("neutral", "vector")
+NEUTRAL, VECTOR, REFERENCE = "neutral", "vector", "from reference image(s)"
+MODES = (NEUTRAL, VECTOR, REFERENCE)
 
 
 @dataclass
@@ -26,30 +29,47 @@ class F2DExpressionEmbed(io.ComfyNode):
             display_name="Expression (Face2Diffusion)",
             category="Face2Diffusion",
             description="The expression given to the mapping network. neutral: the learned neutral vector "
-                        "(the default of the paper and of Inject Face Token without this node), which lets the "
-                        "prompt choose the expression. vector: 64 3DMM expression coefficients, blended from "
-                        "neutral by strength.",
+                        "(the paper's default, also used by Inject Face Token without this node), which lets "
+                        "the prompt choose the expression. vector: 64 3DMM expression coefficients. from "
+                        "reference image(s): the expression of the face in a photo, measured by "
+                        "Deep3DFaceRecon (experimental; load its weights in the encoder loader).",
             inputs=[
                 F2DEncoder.Input("encoder", tooltip="From Load Face2Diffusion Encoder (holds the learned "
-                                                    "neutral vector)."),
-                io.Combo.Input("mode", options=list(MODES), default="neutral",
-                               tooltip="neutral: the learned null expression. vector: the 64 numbers below."),
+                                                    "neutral vector and the optional expression model)."),
+                io.Combo.Input("mode", options=list(MODES), default=NEUTRAL,
+                               tooltip="neutral: the learned null expression. vector: the 64 numbers below. "
+                                       "from reference image(s): the mean expression of the reference photos."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
-                               tooltip="0 = neutral, 1 = the given expression, above 1 exaggerates it."),
+                               tooltip="0 = neutral, 1 = the given or reference expression, above 1 "
+                                       "exaggerates it."),
                 io.String.Input("vector", default="", multiline=True, optional=True,
                                 tooltip="mode = vector: 64 expression coefficients (Deep3DFaceRecon / BFM), "
                                         "separated by commas."),
+                io.Image.Input("reference", optional=True,
+                               tooltip="mode = from reference image(s): photo(s) showing the expression "
+                                       "(any person); several are averaged."),
             ],
             outputs=[F2DExpression.Output(display_name="expression",
                                           tooltip="Connect to Inject Face Token's expression input.")],
         )
 
     @classmethod
-    def execute(cls, encoder, mode="neutral", strength=1.0, vector=""):
+    def execute(cls, encoder, mode=NEUTRAL, strength=1.0, vector="", reference=None):
         null = encoder.null_exp.float()
-        if mode == "neutral":
+        if not 0.0 <= float(strength) <= 2.0:
+            raise F2DError(f"strength must lie in [0, 2], got {strength}")
+        if mode == NEUTRAL:
             return io.NodeOutput(Expression(null, "neutral"))
-        if mode != "vector":
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        target = parse_vector(vector, dim=null.numel())
-        return io.NodeOutput(Expression(torch.lerp(null, target, float(strength)), f"vector x{strength:g}"))
+        if mode == VECTOR:
+            target = parse_vector(vector, dim=null.numel())
+        elif mode == REFERENCE:
+            if reference is None:
+                raise F2DError("mode 'from reference image(s)' needs a photo: connect the reference input.")
+            if encoder.expression_model is None:
+                raise F2DError("mode 'from reference image(s)' needs the Deep3DFaceRecon weights: put "
+                               "epoch_20.pth in models/face2diffusion and choose it as expression_model in "
+                               "Load Face2Diffusion Encoder (see the pack's README).")
+            target = encoder.reference_expression(reference).mean(0)
+        else:
+            raise F2DError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return io.NodeOutput(Expression(expression_from_strength(null, target, strength), f"{mode} x{strength:g}"))

@@ -29,15 +29,29 @@ class EncoderHandle:
 
     def __init__(self, encoder: F2DEncoder, load_device, offload_device, detector=None, detector_name=None):
         self.encoder = encoder
+        self.load_device, self.offload_device = load_device, offload_device
         self.patcher = comfy.model_patcher.ModelPatcher(_Patchable(encoder, offload_device),
                                                         load_device=load_device, offload_device=offload_device)
         self.detector = detector
         self.detector_name = detector_name
+        self.expression_model = None  # f2d_core.expression.ExpressionRegressor, optional
+        self._expression_patcher = None
 
-    def with_detector(self, detector, name) -> "EncoderHandle":
+    def with_parts(self, detector, detector_name, expression_model=None) -> "EncoderHandle":
+        """A handle sharing this encoder, with its own detector and expression regressor."""
         other = object.__new__(EncoderHandle)
-        other.__dict__.update(self.__dict__, detector=detector, detector_name=name)
+        other.__dict__.update(self.__dict__, detector=detector, detector_name=detector_name,
+                              expression_model=expression_model, _expression_patcher=None)
+        if expression_model is not None:
+            other._expression_patcher = comfy.model_patcher.ModelPatcher(
+                _Patchable(expression_model.net, self.offload_device),
+                load_device=self.load_device, offload_device=self.offload_device)
         return other
+
+    def reference_expression(self, images, **kw) -> torch.Tensor:
+        """(N, 64) Deep3DFaceRecon expression coefficients of the faces in `images`."""
+        mm.load_model_gpu(self._expression_patcher)
+        return self.expression_model.expression(images, self.detector, **kw)
 
     def _ready(self):
         mm.load_model_gpu(self.patcher)
@@ -70,11 +84,14 @@ class EncoderHandle:
 
     def describe(self) -> str:
         p = next(self.encoder.parameters())
+        expr = os.path.basename(self.expression_model.path) if self.expression_model else "none"
         return (f"{os.path.basename(self.encoder.msid_path)} + {os.path.basename(self.encoder.mapping_path)}, "
-                f"{str(p.dtype).replace('torch.', '')}, detector: {self.detector_name or 'none'}")
+                f"{str(p.dtype).replace('torch.', '')}, detector: {self.detector_name or 'none'}, "
+                f"expression model: {expr}")
 
 
 _cache: dict = {}
+_expression_cache: dict = {}
 
 
 def _file_key(path):
@@ -99,3 +116,13 @@ def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> En
         _cache.clear()  # one encoder at a time: a new file replaces the old one
         _cache[key] = EncoderHandle(encoder, load_device, offload_device)
     return _cache[key]
+
+
+def load_expression(path, offload_device):
+    """The Deep3DFaceRecon regressor, built once per file (fp32: it is small and runs rarely)."""
+    from ..f2d_core.expression import load_expression_model
+    key = (_file_key(path), str(offload_device))
+    if key not in _expression_cache:
+        _expression_cache.clear()
+        _expression_cache[key] = load_expression_model(path, device=offload_device)
+    return _expression_cache[key]

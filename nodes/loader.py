@@ -6,10 +6,11 @@ from comfy_api.latest import io
 from ..f2d_core import choices
 from ..f2d_core.detect import load_detector
 from . import paths
-from .handle import load_handle
+from .handle import load_expression, load_handle
 from .types import F2DEncoder
 
 DEVICES = ("auto", "cpu")
+NO_EXPRESSION_MODEL = "none"
 
 
 class LoadF2DEncoder(io.ComfyNode):
@@ -47,13 +48,18 @@ class LoadF2DEncoder(io.ComfyNode):
                 io.Combo.Input("precision", options=list(choices.PRECISIONS), default="auto",
                                tooltip="auto: fp32 on the CPU; on a GPU fp16 or bf16 when their identity "
                                        "tokens stay within 1e-2 of fp32 (checked at load), else fp32."),
+                io.Combo.Input("expression_model", options=[NO_EXPRESSION_MODEL] + files,
+                               default=NO_EXPRESSION_MODEL,
+                               tooltip="Optional: Deep3DFaceRecon's epoch_20.pth in models/face2diffusion, for "
+                                       "Expression's 'from reference image(s)' mode (experimental)."),
             ],
             outputs=[F2DEncoder.Output(display_name="encoder",
                                        tooltip="Connect to Encode Face, Expression and Inject Face Token.")],
         )
 
     @classmethod
-    def execute(cls, msid, mapping, detector, landmarks_68=True, device="auto", precision="auto"):
+    def execute(cls, msid, mapping, detector, landmarks_68=True, device="auto", precision="auto",
+                expression_model=NO_EXPRESSION_MODEL):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         handle = load_handle(paths.weight_path(msid, "msid"), paths.weight_path(mapping, "mapping"),
@@ -62,4 +68,7 @@ class LoadF2DEncoder(io.ComfyNode):
         if detector != paths.NO_DETECTOR:
             det = load_detector(paths.detector_pack_path(detector), use_landmarks68=bool(landmarks_68),
                                 device="cpu" if device == "cpu" else "auto")
-        return io.NodeOutput(handle.with_detector(det, None if det is None else detector))
+        expr = None
+        if expression_model and expression_model != NO_EXPRESSION_MODEL:
+            expr = load_expression(paths.weight_path(expression_model, "expression_model"), handle.offload_device)
+        return io.NodeOutput(handle.with_parts(det, None if det is None else detector, expr))

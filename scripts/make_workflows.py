@@ -19,6 +19,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # the file names the README tells users to use
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 MSID, MAPPING, PACK = "msid.pt", "mapping.pt", "buffalo_l"
+EXPRESSION_MODEL = "epoch_20.pth"
 NEGATIVE = ""  # the paper's setting: an empty negative prompt
 
 
@@ -192,7 +193,29 @@ def two_people(info):
     g.save("face2diffusion_two_people.json")
 
 
-WORKFLOWS = [basic, multi_reference, delayed_subject, two_people]
+def expression(info):
+    g = Graph(info)
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
+    enc = g.node("LoadF2DEncoder", (0, 160), size=(320, 260), msid=MSID, mapping=MAPPING, detector=PACK,
+                 expression_model=EXPRESSION_MODEL)
+    img = g.node("LoadImage", (0, 450), size=(320, 320), image="face.jpg")
+    face = g.node("F2DEncodeFace", (360, 450), encoder=(enc, 0), image=(img, 0))
+    ref = g.node("LoadImage", (0, 800), size=(320, 320), image="expression.jpg", title="Expression reference")
+    expr = g.node("F2DExpressionEmbed", (360, 800), size=(320, 200), encoder=(enc, 0), reference=(ref, 0),
+                  mode="from reference image(s)", strength=1.0)
+    pos = g.node("F2DInjectFaceToken", (760, 0), size=(380, 340), clip=(ckpt, 1), face=(face, 0),
+                 encoder=(enc, 0), expression=(expr, 0), text="a close-up photo of f l in a park")
+    sample(g, ckpt, (pos, 0), x=1180)
+    g.note((0, -300), "Face2Diffusion: expression from a reference photo (experimental)\n\n" + SETUP +
+           f"- models/face2diffusion/{EXPRESSION_MODEL}: Deep3DFaceRecon weights (see the README)\n"
+           "- input/face.jpg: the person; input/expression.jpg: a photo with the expression to copy (anyone)"
+           "\n\nstrength 0 = the learned neutral expression (the prompt decides), 1 = the reference's "
+           "expression, up to 2 exaggerates. The authors did not publish how they normalised these "
+           "coefficients, so results are experimental: lower strength if faces distort.")
+    g.save("face2diffusion_expression.json")
+
+
+WORKFLOWS = [basic, multi_reference, delayed_subject, two_people, expression]
 
 
 def main():
