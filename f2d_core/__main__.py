@@ -1,4 +1,4 @@
-"""Command line: `python -m f2d_core {encode,convert} ...` (see README)."""
+"""Command line: `python -m f2d_core {encode,convert,run} ...` (see README)."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,14 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="speed and memory figures (see benchmarks/RESULTS.md)")
     b.set_defaults(fn=lambda a: __import__(f"{__package__}.bench", fromlist=["main"]).main(a.rest))
     b.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("run", add_help=False, help="photo(s) x prompts x seeds -> images, through ComfyUI headless")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # run has its own parser; REMAINDER would reject a leading --face
+        from .run import main as run_main
+        return run_main(argv[1:], "python -m f2d_core run")
+    if argv[:1] == ["bench"]:  # likewise: bench parses its own options (--device, --json, ...)
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -1,0 +1,254 @@
+"""Headless batch generation: face photo(s) x prompts x seeds through a Face2Diffusion workflow.
+
+    python -m f2d_core.run --comfyui ~/ComfyUI --face me.jpg --prompts prompts.txt --seeds 4
+
+Starts ComfyUI on loopback (or uses --server), converts the UI workflow with the server's
+/object_info, checks every model file it names is there, uploads the photo(s), then queues one
+prompt per (prompt, seed): the F2DInjectFaceToken text and the KSampler seed are filled in.
+Images are saved as OUT/<face>_<prompt index>_<seed>.png, listed in OUT/manifest.jsonl.
+
+Several --face photos are several photos of ONE person. When the workflow has one LoadImage
+feeding F2DEncodeFace (face2diffusion_basic.json), it gets the first photo and core ImageBatch
+nodes added to the API prompt batch the rest into the same input, so F2DEncodeFace sees them
+all; a workflow with several face LoadImage nodes (face2diffusion_multi_reference.json) gets
+one photo per node, in node id order. Photos of different sizes are letterboxed to one size,
+because ImageBatch would otherwise centre-crop them to the first photo's shape (and could cut
+off a face). To compare several people, run once per person (with --server to keep one server).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+
+from .comfy_client import ComfyClient, output_images
+from .comfy_server import guess_python, start_server
+from .errors import F2DError
+from .faces import check_face_count, face_loaders, face_uploads, place_faces
+from .model_check import check_models
+from .workflow import MissingNodeTypes, WorkflowError, get_input, load_workflow, set_input, to_api
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_WORKFLOW = os.path.join(REPO, "workflows", "face2diffusion_basic.json")
+TEXT = ("F2DInjectFaceToken", "text")
+SEED, STEPS = ("KSampler", "seed"), ("KSampler", "steps")
+CHECKPOINT = ("CheckpointLoaderSimple", "ckpt_name")
+
+
+def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Generate images of one person from face photo(s): every prompt x every "
+        "seed, through a Face2Diffusion workflow run by ComfyUI without its UI.")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder: start it headless on 127.0.0.1 "
+                       "for this run, then stop it")
+    where.add_argument("--server", metavar="URL", help="use a running ComfyUI, e.g. http://127.0.0.1:8188")
+    ap.add_argument("--face", action="append", required=True, metavar="PHOTO",
+                    help="a photo of the person; repeat for more photos of the same person")
+    ap.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                    help='a prompt with the words "f l" where the person goes; repeatable')
+    ap.add_argument("--prompts", metavar="FILE", help="more prompts, one per line (# comments and blank lines skipped)")
+    ap.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per prompt (default 1)")
+    ap.add_argument("--seed", type=int, default=0, metavar="S", help="first seed; seeds are S..S+N-1 (default 0)")
+    ap.add_argument("--out", default="out", metavar="DIR", help="where images go (default out/)")
+    ap.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="FILE",
+                    help="UI or API workflow JSON (default: this pack's workflows/face2diffusion_basic.json)")
+    ap.add_argument("--checkpoint", metavar="NAME",
+                    help="SD1.x checkpoint file in models/checkpoints (default: the workflow's)")
+    ap.add_argument("--steps", type=int, metavar="N", help="KSampler steps (default: the workflow's)")
+    ap.add_argument("--width", type=int, metavar="W", help="image width (default: the workflow's)")
+    ap.add_argument("--height", type=int, metavar="H", help="image height (default: the workflow's)")
+    ap.add_argument("--cpu", action="store_true", help="with --comfyui: run ComfyUI with --cpu")
+    ap.add_argument("--python", metavar="PY", help="with --comfyui: ComfyUI's Python (default: its venv/.venv/"
+                    "python_embeded if found, else this Python)")
+    ap.add_argument("--comfyui-args", default="", metavar="ARGS",
+                    help='with --comfyui: more arguments for its main.py, '
+                    'e.g. "--lowvram --extra-model-paths-config x.yaml"')
+    return ap
+
+
+def read_prompts(args) -> list[str]:
+    prompts = [p.strip() for p in args.prompt if p.strip()]
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except FileNotFoundError:
+            raise F2DError(f"{args.prompts}: prompts file not found.") from None
+    if not prompts:
+        raise F2DError('no prompt given: use --prompt "a photo of f l as a chef" or --prompts FILE.')
+    return prompts
+
+
+def import_errors(log_path: str, limit: int = 12) -> str:
+    """The log lines where ComfyUI says a node pack did not import, with the exception above each."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    picked = []
+    for i, line in enumerate(lines):
+        if "Cannot import" in line or "(IMPORT FAILED)" in line:
+            picked += [ln for ln in lines[max(0, i - 2):i] if ln.strip() and ln not in picked] + [line]
+    where = f"(full log: {log_path})" if picked else f"(no import error in {log_path})"
+    return "\n".join(picked[-limit:] + [where])
+
+
+def face_label(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(path))[0]) or "face"
+
+
+class Progress:
+    """One status line per image: which node runs, and the sampler's step k/n."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.head, self.nodes = "", {}
+
+    def start(self, head: str, prompt: dict) -> None:
+        self.head, self.nodes, self.t0 = head, prompt, time.monotonic()
+        self._show("queued", force=True)
+
+    def __call__(self, kind: str, data: dict) -> None:
+        node = self.nodes.get(str(data.get("node")), {}).get("class_type", data.get("node"))
+        if kind == "executing" and data.get("node") is not None:
+            self._show(str(node), force=True)
+        elif kind == "progress":
+            self._show(f"{node} step {data.get('value')}/{data.get('max')}", force=data.get("value") == data.get("max"))
+
+    def done(self) -> None:
+        took = time.monotonic() - self.t0
+        self.stream.write(("\r\033[K" if self.tty else "") + f"{self.head} done in {took:.1f} s\n")
+        self.stream.flush()
+
+    def _show(self, text: str, force: bool) -> None:
+        if self.tty:
+            self.stream.write(f"\r\033[K{self.head} {text}")
+        elif force:
+            self.stream.write(f"{self.head} {text}\n")
+        self.stream.flush()
+
+
+def download(client: ComfyClient, images: list[dict], out_dir: str, stem: str) -> list[str]:
+    """Save a prompt's images as OUT/stem.png (and stem_1.png, ... for a batch)."""
+    if not images:
+        raise F2DError("the workflow ran but produced no image: it needs a SaveImage (or PreviewImage) node.")
+    files = []
+    for j, img in enumerate(images):
+        ext = os.path.splitext(img["filename"])[1] or ".png"
+        path = os.path.join(out_dir, stem + (f"_{j}" if j else "") + ext)
+        with open(path, "wb") as f:
+            f.write(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output")))
+        files.append(path)
+    return files
+
+
+def generate(client: ComfyClient, api: dict, label: str, faces: list[str], prompts: list[str], seeds: list[int],
+             out_dir: str, progress: Progress) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    width, total, saved, k = max(2, len(str(len(prompts) - 1))), len(prompts) * len(seeds), [], 0
+    client.open_ws()
+    with open(os.path.join(out_dir, "manifest.jsonl"), "a", encoding="utf-8") as manifest:
+        for pi, text in enumerate(prompts):
+            for seed in seeds:
+                prompt = copy.deepcopy(api)
+                set_input(prompt, *TEXT, text)
+                set_input(prompt, *SEED, seed)
+                stem, k = f"{label}_{pi:0{width}d}_{seed}", k + 1
+                progress.start(f"[{k}/{total}] {stem}", prompt)
+                prompt_id = client.queue_prompt(prompt)
+                try:
+                    entry = client.wait(prompt_id, on_event=progress)
+                except KeyboardInterrupt:
+                    client.interrupt()  # a server we did not start would go on with it
+                    raise
+                files = download(client, output_images(entry), out_dir, stem)
+                progress.done()
+                for path in files:
+                    print(f"saved {path}")
+                    manifest.write(json.dumps({"file": os.path.basename(path), "faces": faces, "prompt_index": pi,
+                                               "prompt": text, "seed": seed, "prompt_id": prompt_id}) + "\n")
+                saved += files
+    return saved
+
+
+def prepare(client: ComfyClient, args, workflow: dict, models_dir: str) -> dict:
+    """The API prompt with everything but text and seed filled in, its models checked, faces uploaded."""
+    info = client.object_info()
+    api = to_api(workflow, info)
+    for (node, name), value in ((STEPS, args.steps), (("EmptyLatentImage", "width"), args.width),
+                                (("EmptyLatentImage", "height"), args.height), (CHECKPOINT, args.checkpoint)):
+        if value is not None:
+            set_input(api, node, name, value)
+    get_input(api, *TEXT), get_input(api, *SEED)  # fail now, not after the uploads
+    loaders = face_loaders(api)
+    check_face_count(loaders, len(args.face))
+    check_models(api, info, models_dir, client.url, skip={(i, "image") for i in loaders})
+    names = [client.upload_image(data, name) for name, data in face_uploads(args.face)]
+    place_faces(api, loaders, names)
+    return api
+
+
+def run(args) -> int:
+    prompts = read_prompts(args)
+    if args.seeds < 1:
+        raise F2DError(f"--seeds must be 1 or more (got {args.seeds}).")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    face_uploads(args.face)  # unreadable photos fail before any server starts
+    workflow_path = args.workflow
+    if workflow_path == DEFAULT_WORKFLOW and not os.path.isfile(workflow_path):
+        raise WorkflowError(f"the default workflow {workflow_path} is missing from this install; pass --workflow FILE.")
+    workflow = load_workflow(workflow_path)
+    label, progress = face_label(args.face[0]), Progress()
+
+    def go(client, models_dir):
+        api = prepare(client, args, workflow, models_dir)
+        faces = [os.path.abspath(f) for f in args.face]
+        files = generate(client, api, label, faces, prompts, seeds, args.out, progress)
+        print(f"{len(files)} image(s) in {os.path.abspath(args.out)}")
+        return 0
+
+    if args.server:
+        client = ComfyClient(args.server)
+        client.object_info()  # fails at once when nothing answers there
+        try:
+            return go(client, os.path.join("ComfyUI", "models"))
+        finally:
+            client.close()
+    python = args.python or guess_python(args.comfyui)
+    os.makedirs(args.out, exist_ok=True)
+    log = os.path.join(args.out, "comfyui.log")
+    print(f"starting ComfyUI in {args.comfyui} with {python} (log: {log}) ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="f2d-run-") as tmp:
+        # ComfyUI's own copies of the results go to a scratch folder: the run's output is --out
+        extra = ["--output-directory", tmp] + (["--cpu"] if args.cpu else []) + shlex.split(args.comfyui_args)
+        with start_server(args.comfyui, python=python, extra_args=extra, log_path=log) as server:
+            print(f"ComfyUI ready at {server.url} in {server.started_in:.1f} s", file=sys.stderr)
+            try:
+                return go(server.client, os.path.join(os.path.abspath(args.comfyui), "models"))
+            except MissingNodeTypes as e:
+                raise MissingNodeTypes(e.types, import_errors(log)) from None
+
+
+def main(argv=None, prog: str = "python -m f2d_core.run") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return run(args)
+    except F2DError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

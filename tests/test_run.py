@@ -1,0 +1,360 @@
+"""The headless runner end to end against tests/fake_comfy.py (a FAKE ComfyUI on loopback: real
+HTTP and websocket, canned behaviour), plus the websocket framing and error formatting."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from f2d_core.comfy_client import ComfyClient, PromptRejected
+from f2d_core.comfy_server import ServerStartError, start_server
+from f2d_core.run import main
+from f2d_core.websocket import BINARY, TEXT, WebSocket, WebSocketError, build_frame, mask, parse_frame
+from fake_comfy import CLOSE, PING, PONG, FakeComfy, client_frame, fake_object_info, server_frame, tiny_png
+
+DATA = Path(__file__).with_name("data")
+WORKFLOW = str(DATA / "f2d_test_workflow.json")
+FAKE_MAIN = Path(__file__).with_name("fake_comfy.py")
+
+
+def photo(path: Path, size=(64, 80), color=(200, 150, 120)) -> str:
+    Image.new("RGB", size, color).save(path)
+    return str(path)
+
+
+def run(fake, tmp_path, *extra, faces=None):
+    faces = faces or [photo(tmp_path / "alice.png")]
+    argv = ["--server", fake.url, "--workflow", WORKFLOW, "--out", str(tmp_path / "out")]
+    for f in faces:
+        argv += ["--face", f]
+    return main(argv + list(extra))
+
+
+def by_type(prompt, class_type):
+    return [n for n in prompt.values() if n["class_type"] == class_type]
+
+
+def test_end_to_end_saves_every_prompt_and_seed_with_the_values_filled_in(tmp_path, capsys):
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "a photo of f l", "--prompt", "f l as a chef", "--seeds", "2",
+                 "--seed", "10", "--steps", "3", "--width", "256", "--height", "320")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert names == ["alice_00_10.png", "alice_00_11.png", "alice_01_10.png", "alice_01_11.png", "manifest.jsonl"]
+    assert (tmp_path / "out" / "alice_01_11.png").read_bytes() == tiny_png(11)  # the image of that seed
+    assert len(fake.prompts) == 4
+    (upload, data), = fake.uploads.items()
+    assert data == (tmp_path / "alice.png").read_bytes() and upload.endswith("-alice.png")
+    texts_seeds = [(by_type(p, "F2DInjectFaceToken")[0]["inputs"]["text"], by_type(p, "KSampler")[0]["inputs"]["seed"])
+                   for p in fake.prompts]
+    assert texts_seeds == [("a photo of f l", 10), ("a photo of f l", 11), ("f l as a chef", 10), ("f l as a chef", 11)]
+    p = fake.prompts[0]
+    assert by_type(p, "KSampler")[0]["inputs"]["steps"] == 3
+    assert by_type(p, "EmptyLatentImage")[0]["inputs"] == {"width": 256, "height": 320, "batch_size": 1}
+    assert by_type(p, "LoadImage")[0]["inputs"]["image"] == upload
+    assert by_type(p, "F2DEncodeFace")[0]["inputs"] == {"encoder": ["2", 0], "image": ["3", 0]}
+    assert not by_type(p, "MarkdownNote")
+    manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [(m["file"], m["prompt_index"], m["seed"]) for m in manifest][-1] == ("alice_01_11.png", 1, 11)
+    assert f"saved {tmp_path / 'out' / 'alice_00_10.png'}" in out and "4 image(s) in" in out
+    assert "[4/4] alice_01_11" in err and "KSampler step 3/3" in err  # progress from the websocket
+    assert fake.pong_payloads[:1] == [b"hi"] and fake.unmasked_frames == 0  # answered the ping; masked frames
+
+
+def test_prompts_file_times_seeds_count(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# the paper's prompts\nf l as a chef\n\n  f l in the snow  \nf l, oil painting\n")
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "a photo of f l", "--prompts", str(prompts), "--seeds", "2")
+    assert rc == 0, capsys.readouterr().err
+    assert len(fake.prompts) == 8
+    pngs = sorted(f for f in os.listdir(tmp_path / "out") if f.endswith(".png"))
+    assert pngs[-2:] == ["alice_03_0.png", "alice_03_1.png"]
+    assert by_type(fake.prompts[4], "F2DInjectFaceToken")[0]["inputs"]["text"] == "f l in the snow"
+
+
+@pytest.mark.parametrize("knobs", [{"history_messages": False}, {"ws": False}], ids=["from-websocket", "from-history"])
+def test_execution_error_is_a_clear_message_and_exit_code_2(tmp_path, capsys, knobs):
+    with FakeComfy(fail_class="F2DInjectFaceToken", **knobs) as fake:
+        rc = run(fake, tmp_path, "--prompt", "a photo of a person")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("error: ComfyUI failed in node 5 (F2DInjectFaceToken): ValueError: placeholder 'f l' not found "
+            "in the prompt") in err
+    assert "Traceback" not in err and len(fake.prompts) == 1
+
+
+def test_missing_models_are_listed_in_one_message_before_anything_runs(tmp_path, capsys):
+    info = fake_object_info(checkpoints=["dreamshaper_8.safetensors"])
+    info["LoadF2DEncoder"] = json.loads(json.dumps(info["LoadF2DEncoder"]))
+    req = info["LoadF2DEncoder"]["input"]["required"]
+    req["msid"][0], req["mapping"][1]["options"] = [], []
+    with FakeComfy(object_info=info) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1
+    assert "'sd15.safetensors' for CheckpointLoaderSimple.ckpt_name (node 1): put it in " in err
+    assert os.path.join("models", "checkpoints") in err and "dreamshaper_8.safetensors" in err and "--checkpoint" in err
+    assert "'msid.pt' for LoadF2DEncoder.msid" in err and "'mapping.pt' for LoadF2DEncoder.mapping" in err
+    assert "'buffalo_l'" not in err  # present on the server
+    assert "Face2Diffusion files go here" in err and "face2diffusion" in err and "det_10g.onnx" in err
+    assert not fake.prompts and not fake.uploads
+
+
+def test_checkpoint_option_picks_a_file_the_server_has(tmp_path, capsys):
+    with FakeComfy(object_info=fake_object_info(checkpoints=["dreamshaper_8.safetensors"])) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--checkpoint", "dreamshaper_8.safetensors")
+    assert rc == 0, capsys.readouterr().err
+    assert by_type(fake.prompts[0], "CheckpointLoaderSimple")[0]["inputs"]["ckpt_name"] == "dreamshaper_8.safetensors"
+
+
+def test_validation_rejection_lists_node_errors(tmp_path, capsys):
+    answer = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                        "details": "", "extra_info": {}},
+              "node_errors": {"8": {"class_type": "KSampler", "dependent_outputs": ["10"], "errors": [
+                  {"type": "value_bigger_than_max", "message": "Value 20000 bigger than max of 10000",
+                   "details": "steps", "extra_info": {}}]}}}
+    with FakeComfy(reject=answer) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error: ComfyUI rejected the workflow: Prompt outputs failed validation\n" in err
+    assert "  node 8 (KSampler): Value 20000 bigger than max of 10000: steps" in err
+
+
+def test_unknown_node_types_on_the_server_are_named(tmp_path, capsys):
+    info = fake_object_info()
+    del info["F2DEncodeFace"], info["LoadF2DEncoder"]
+    with FakeComfy(object_info=info) as fake:
+        assert run(fake, tmp_path, "--prompt", "f l") == 2
+    assert "no node type F2DEncodeFace, LoadF2DEncoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("knobs", [{"ws": False}, {"ws_drop_after": 2}], ids=["no-websocket", "websocket-drops"])
+def test_falls_back_to_polling_history_without_a_websocket(tmp_path, capsys, knobs):
+    with FakeComfy(**knobs) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--seed", "7")
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "alice_00_7.png").read_bytes() == tiny_png(7)
+    assert fake.ws_connects == (0 if knobs.get("ws") is False else 1)
+
+
+def test_several_photos_of_one_person_are_letterboxed_and_batched(tmp_path, capsys):
+    faces = [photo(tmp_path / "a.png", (64, 80)), photo(tmp_path / "b.jpg", (100, 50)),
+             photo(tmp_path / "c.png", (30, 30))]
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l", faces=faces) == 0, capsys.readouterr().err
+    assert len(fake.uploads) == 3
+    sizes = {Image.open(__import__("io").BytesIO(d)).size for d in fake.uploads.values()}
+    assert sizes == {(100, 80)}  # one canvas, nothing scaled or cropped
+    p = fake.prompts[0]
+    (first,) = [k for k, n in p.items() if n["class_type"] == "LoadImage" and n["inputs"]["image"].endswith("-a.png")]
+    batches = {k: n for k, n in p.items() if n["class_type"] == "ImageBatch"}
+    assert len(batches) == 2 and len(by_type(p, "LoadImage")) == 3
+    enc_image = by_type(p, "F2DEncodeFace")[0]["inputs"]["image"]
+    last = batches[enc_image[0]]  # the encoder reads the last batch, which chains back to the first photo
+    assert batches[last["inputs"]["image1"][0]]["inputs"]["image1"] == [first, 0]
+    assert sorted(os.listdir(tmp_path / "out"))[0] == "a_00_0.png"
+
+
+def multi_reference_workflow(tmp_path) -> str:
+    """The test workflow as an API prompt with three face LoadImage nodes batched into the encoder,
+    the shape of workflows/face2diffusion_multi_reference.json."""
+    from f2d_core.workflow import load_workflow, to_api
+    api = to_api(load_workflow(WORKFLOW), fake_object_info())
+    api["20"] = {"class_type": "LoadImage", "inputs": {"image": "face2.jpg"}}
+    api["21"] = {"class_type": "LoadImage", "inputs": {"image": "face3.jpg"}}
+    api["22"] = {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["20", 0]}}
+    api["23"] = {"class_type": "ImageBatch", "inputs": {"image1": ["22", 0], "image2": ["21", 0]}}
+    api["4"]["inputs"]["image"] = ["23", 0]
+    (tmp_path / "multi.json").write_text(json.dumps(api))
+    return str(tmp_path / "multi.json")
+
+
+def test_a_workflow_with_one_loader_per_photo_gets_one_photo_each(tmp_path, capsys):
+    faces = [photo(tmp_path / f"{n}.png") for n in ("x", "y", "z")]
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", multi_reference_workflow(tmp_path), faces=faces)
+        assert rc == 0, capsys.readouterr().err
+    p = fake.prompts[0]
+    assert [p[i]["inputs"]["image"].rsplit("-", 1)[1] for i in ("3", "20", "21")] == ["x.png", "y.png", "z.png"]
+    assert len(by_type(p, "ImageBatch")) == 2  # nothing added
+
+
+def test_a_workflow_with_one_loader_per_photo_needs_that_many_photos(tmp_path, capsys):
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", multi_reference_workflow(tmp_path),
+                 faces=[photo(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "takes exactly 3 face photos (LoadImage nodes 3, 20, 21) but 1 --face were given" in err
+    assert not fake.uploads
+
+
+def test_a_workflow_with_two_face_encoders_is_refused(tmp_path, capsys):
+    from f2d_core.workflow import load_workflow, to_api
+    api = to_api(load_workflow(WORKFLOW), fake_object_info())
+    api["30"] = json.loads(json.dumps(api["4"]))
+    (tmp_path / "two.json").write_text(json.dumps(api))
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l", "--workflow", str(tmp_path / "two.json")) == 2
+    assert "exactly one F2DEncodeFace node; this one has 2" in capsys.readouterr().err
+
+
+def test_ctrl_c_interrupts_the_prompt_on_the_server(tmp_path, capsys, monkeypatch):
+    def wait(self, prompt_id, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ComfyClient, "wait", wait)
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l") == 130
+    assert fake.interrupts == 1 and "interrupted" in capsys.readouterr().err
+
+
+def test_unreadable_face_fails_before_contacting_any_server(tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    rc = main(["--server", "http://127.0.0.1:9", "--face", str(tmp_path / "notes.png"), "--prompt", "f l"])
+    assert rc == 2 and "notes.png: not a readable image" in capsys.readouterr().err
+
+
+def test_unreachable_server_says_so(tmp_path, capsys):
+    rc = main(["--server", "http://127.0.0.1:9", "--face", photo(tmp_path / "a.png"), "--prompt", "f l",
+               "--workflow", WORKFLOW])
+    assert rc == 2 and "cannot reach ComfyUI at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_missing_default_workflow_says_to_pass_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("f2d_core.run.DEFAULT_WORKFLOW", str(tmp_path / "workflows" / "none.json"))
+    import f2d_core.run as r
+    args = r.build_parser().parse_args(["--server", "http://127.0.0.1:9", "--face", photo(tmp_path / "a.png"),
+                                        "--prompt", "f l", "--workflow", r.DEFAULT_WORKFLOW])
+    with pytest.raises(r.WorkflowError, match="default workflow .* is missing .*--workflow"):
+        r.run(args)
+
+
+# -- starting ComfyUI ---------------------------------------------------------------------------
+def fake_checkout(tmp_path: Path, body: str) -> Path:
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    (root / "main.py").write_text(body)
+    return root
+
+
+def test_server_that_exits_at_start_shows_its_log_tail(tmp_path, capsys):
+    root = fake_checkout(tmp_path, "import sys\nprint('Traceback (most recent call last):')\n"
+                                   "print(\"ModuleNotFoundError: No module named 'torch'\")\nsys.exit(1)\n")
+    rc = main(["--comfyui", str(root), "--python", sys.executable, "--face", photo(tmp_path / "a.png"),
+               "--prompt", "f l", "--workflow", WORKFLOW, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "ComfyUI exited while starting (exit code 1)" in err and "No module named 'torch'" in err
+    assert "is --python the Python of your ComfyUI install" in err
+    assert str(tmp_path / "out" / "comfyui.log") in err
+
+
+def test_server_that_never_answers_times_out_with_its_log(tmp_path):
+    root = fake_checkout(tmp_path, "import time\nprint('loading custom nodes...', flush=True)\ntime.sleep(30)\n")
+    with pytest.raises(ServerStartError, match=r"did not answer on http://127.0.0.1:\d+ within 1 s(.|\n)*loading"):
+        with start_server(root, python=sys.executable, timeout=1):
+            pass
+
+
+def test_not_a_comfyui_folder(tmp_path):
+    with pytest.raises(ServerStartError, match="has no main.py"):
+        with start_server(tmp_path):
+            pass
+
+
+def test_runner_starts_and_stops_the_server_it_uses(tmp_path, capsys, monkeypatch):
+    # the fake server script stands in for ComfyUI's main.py and records its arguments
+    root = fake_checkout(tmp_path, f"import runpy, sys\nsys.path.insert(0, {str(FAKE_MAIN.parent)!r})\n"
+                                   f"runpy.run_path({str(FAKE_MAIN)!r}, run_name='__main__')\n")
+    monkeypatch.setenv("FAKE_COMFY_ARGV", str(tmp_path / "argv.json"))
+    rc = main(["--comfyui", str(root), "--python", sys.executable, "--face", photo(tmp_path / "a.png"),
+               "--prompt", "f l", "--workflow", WORKFLOW, "--out", str(tmp_path / "out"), "--cpu"])
+    assert rc == 0, capsys.readouterr().err
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[:2] == ["--listen", "127.0.0.1"] and "--cpu" in argv and "--output-directory" in argv
+    assert (tmp_path / "out" / "a_00_0.png").is_file()
+    assert "fake ComfyUI starting" in (tmp_path / "out" / "comfyui.log").read_text()
+    port = int(argv[argv.index("--port") + 1])
+    with pytest.raises(Exception, match="cannot reach"):
+        ComfyClient(f"http://127.0.0.1:{port}", timeout=2).object_info()  # stopped
+
+
+def test_a_pack_that_failed_to_import_is_shown_from_the_log(tmp_path, capsys, monkeypatch):
+    root = fake_checkout(tmp_path, f"import runpy, sys\nsys.path.insert(0, {str(FAKE_MAIN.parent)!r})\n"
+                                   f"runpy.run_path({str(FAKE_MAIN)!r}, run_name='__main__')\n")
+    monkeypatch.setenv("FAKE_COMFY_IMPORT_ERROR", "1")
+    monkeypatch.setenv("FAKE_COMFY_ARGV", str(tmp_path / "argv.json"))
+    rc = main(["--comfyui", str(root), "--python", sys.executable, "--face", photo(tmp_path / "a.png"),
+               "--prompt", "f l", "--workflow", WORKFLOW, "--out", str(tmp_path / "out"),
+               "--comfyui-args", "--lowvram --preview-method none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no node type F2DEncodeFace, F2DInjectFaceToken, LoadF2DEncoder" in err
+    # the exception line above it is kept, the blank line between dropped
+    assert "ModuleNotFoundError: No module named 'onnxruntime'\nCannot import /x/custom_nodes/face2diffusion" in err
+    assert f"(full log: {tmp_path / 'out' / 'comfyui.log'})" in err
+    assert json.loads((tmp_path / "argv.json").read_text())[-3:] == ["--lowvram", "--preview-method", "none"]
+
+
+def test_cpu_flag_is_only_passed_when_asked(tmp_path, monkeypatch):
+    root = fake_checkout(tmp_path, f"import runpy, sys\nsys.path.insert(0, {str(FAKE_MAIN.parent)!r})\n"
+                                   f"runpy.run_path({str(FAKE_MAIN)!r}, run_name='__main__')\n")
+    monkeypatch.setenv("FAKE_COMFY_ARGV", str(tmp_path / "argv.json"))
+    with start_server(root, python=sys.executable) as server:
+        assert server.client.object_info()["KSampler"]
+        proc = server.process
+    assert "--cpu" not in json.loads((tmp_path / "argv.json").read_text())
+    assert proc.poll() is not None
+
+
+# -- pieces ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 5, 125, 126, 65535, 65536])
+def test_websocket_frames_round_trip_at_every_length_encoding(n):
+    payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+    for masked in (True, False):
+        frame = build_frame(BINARY, payload, masked=masked)
+        fin, opcode, data, was_masked, size = parse_frame(frame + b"next")
+        assert (fin, opcode, data, was_masked, size) == (True, BINARY, payload, masked, len(frame))
+        assert parse_frame(frame[:-1]) is None or n == 0  # incomplete: wait for more bytes
+    assert mask(mask(b"hello", b"abcd"), b"abcd") == b"hello"
+    assert build_frame(TEXT, b"x", masked=True)[1] & 0x80  # client frames carry the mask bit
+
+
+def test_prompt_rejection_without_node_errors_shows_the_details():
+    e = PromptRejected({"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.",
+                                  "details": "Node ID '#3'"}, "node_errors": {}})
+    assert str(e) == "ComfyUI rejected the workflow: Cannot execute because node X does not exist.\n  Node ID '#3'"
+
+
+def test_websocket_client_reassembles_answers_pings_and_skips_nothing():
+    ours, theirs = socket.socketpair()
+    ws = WebSocket(ours)
+    theirs.sendall(server_frame(TEXT, b'{"type": "sta', fin=False) + server_frame(PING, b"p1")
+                   + server_frame(0, b'tus"}') + server_frame(BINARY, b"\x00\x01"))
+    assert ws.recv(timeout=1) == '{"type": "status"}'  # a ping between fragments is answered, not returned
+    assert ws.recv(timeout=1) == b"\x00\x01"
+    opcode, payload, masked, _ = client_frame(theirs.recv(100))
+    assert (opcode, payload, masked) == (PONG, b"p1", True)
+    frame = server_frame(TEXT, b"x" * 300)
+    theirs.sendall(frame[:150])
+    with pytest.raises(TimeoutError):
+        ws.recv(timeout=0.05)
+    theirs.sendall(frame[150:])  # the half frame was kept
+    assert ws.recv(timeout=1) == "x" * 300
+    theirs.sendall(server_frame(CLOSE, b"\x03\xe8bye"))
+    assert ws.recv(timeout=1) is None and ws.closed
+    assert client_frame(theirs.recv(100))[:2] == (CLOSE, b"\x03\xe8")
+
+
+def test_websocket_client_refuses_masked_server_frames():
+    ours, theirs = socket.socketpair()
+    ws = WebSocket(ours)
+    theirs.sendall(build_frame(TEXT, b"masked by a server", masked=True))
+    with pytest.raises(WebSocketError, match="masked"):
+        ws.recv(timeout=1)
