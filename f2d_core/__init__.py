@@ -7,12 +7,24 @@ Stable API (see README):
     align.landmarks68_to_5, align.align_face, align.to_pixels
     inject.inject_face(tokens, trigger_ids, s1, s2, position_embedding)
 
-This package never imports ComfyUI.
+This package never imports ComfyUI. Names that need torch are imported on first use, so
+torch-free tools (the headless runner) start without it.
 """
-from . import align, inject
-from .encoder import F2DEncoder, load_encoder
+import importlib
+
 from .errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError, TriggerError
+
+_LAZY = {"load_encoder": "encoder", "F2DEncoder": "encoder", "align": "align", "inject": "inject"}
 
 __all__ = ["load_encoder", "F2DEncoder", "align", "inject",
            "F2DError", "CheckpointError", "NoFaceError", "TriggerError", "ModelFilesMissing"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = module if _LAZY[name] == name else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -153,8 +153,8 @@ def multi_reference(info):
     g.note((0, -300), "Face2Diffusion: several photos of one person\n\n" + SETUP + "- input/face1.jpg, "
            "face2.jpg, face3.jpg: photos of the SAME person\n\nThe identity is the mean of the photos' MSID "
            "features, which is steadier than one photo. Photos without a face are skipped (on_no_face). Add "
-           "more photos with more Batch Images nodes. Images of different sizes are fine: Batch Images "
-           "resizes them.")
+           "more photos with more Batch Images nodes. Batch Images scales every photo to the first one's size "
+           "and centre-crops it, so use photos of similar framing (or crop them alike).")
     g.save("face2diffusion_multi_reference.json")
 
 
