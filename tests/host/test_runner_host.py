@@ -1,0 +1,159 @@
+"""The runner against a REAL ComfyUI (COMFYUI_PATH=<checkout>, run with its python; see conftest).
+
+The first tests start their own server with start_server and need no model files (LoadImage ->
+ImageBatch -> SaveImage, and a tiny raising test double, F2DHostProbeRaise, written to a temp
+custom_nodes folder). The last ones run workflows/face2diffusion_basic.json through the runner on
+the conftest's comfy_server (this pack, recipe weights, the synthetic detector, a tiny SD1.5).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from f2d_core.comfy_client import ExecutionFailed, PromptRejected, output_images
+from f2d_core.comfy_server import guess_python, start_server
+from f2d_core.errors import ModelFilesMissing
+from f2d_core.faces import face_uploads
+from f2d_core.model_check import check_models
+from f2d_core.faces import add_faces
+from f2d_core.workflow import to_api
+
+pytestmark = pytest.mark.host
+COMFYUI = os.environ.get("COMFYUI_PATH")
+DATA = Path(__file__).resolve().parents[1] / "data"
+PROBE = '''
+class F2DHostProbeRaise:
+    """Test double: raises the message it is given."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "message": ("STRING", {"default": "boom"})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+    def run(self, image, message):
+        raise ValueError(message)
+NODE_CLASS_MAPPINGS = {"F2DHostProbeRaise": F2DHostProbeRaise}
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not COMFYUI:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its Python) to run host tests")
+    tmp = tmp_path_factory.mktemp("host")
+    (tmp / "nodes" / "f2d_host_probe").mkdir(parents=True)
+    (tmp / "nodes" / "f2d_host_probe" / "__init__.py").write_text(PROBE)
+    (tmp / "extra.yaml").write_text(f"f2dhost:\n  base_path: {tmp}\n  custom_nodes: nodes\n")
+    (tmp / "user").mkdir()
+    # every folder and the database in tmp, and only the probe pack: nothing is written into the checkout
+    args = ["--cpu", "--extra-model-paths-config", str(tmp / "extra.yaml"), "--output-directory", str(tmp / "out"),
+            "--input-directory", str(tmp / "in"), "--temp-directory", str(tmp), "--user-directory", str(tmp / "user"),
+            "--database-url", f"sqlite:///{tmp / 'user' / 'comfyui.db'}",
+            "--disable-all-custom-nodes", "--whitelist-custom-nodes", "f2d_host_probe"]
+    python = os.environ.get("COMFYUI_PYTHON") or guess_python(COMFYUI)
+    with start_server(COMFYUI, python=python, extra_args=args, log_path=str(tmp / "comfyui.log")) as s:
+        s.client.open_ws()
+        yield s
+
+
+def photo(path, size):
+    Image.new("RGB", size, (90, 120, 200)).save(path)
+    return str(path)
+
+
+def save_graph(names):
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "?"}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "f2dhost"}}}
+    add_faces(prompt, "1", names)
+    return prompt
+
+
+def test_default_workflow_is_valid_for_the_real_server_but_for_its_checkpoint(server):
+    info = server.client.object_info()
+    api = to_api(json.loads((DATA / "default_workflow_ui.json").read_text()), info)
+    with pytest.raises(ModelFilesMissing, match=r"'v1-5-pruned-emaonly.safetensors' for CheckpointLoaderSimple"):
+        check_models(api, info, "ComfyUI/models", server.url)
+    with pytest.raises(PromptRejected, match=r"node 4 \(CheckpointLoaderSimple\): Value not in list: ckpt_name"):
+        server.client.queue_prompt(api)
+
+
+@pytest.mark.parametrize("websocket", [True, False])
+def test_uploaded_photos_are_batched_and_saved_images_come_back(server, tmp_path, websocket):
+    faces = [photo(tmp_path / "a.png", (64, 48)), photo(tmp_path / "b.png", (40, 72))]
+    names = [server.client.upload_image(data, name) for name, data in face_uploads(faces)]
+    client, events = server.client, []
+    ws, client.ws = client.ws, (client.ws if websocket else None)
+    try:
+        entry = client.wait(client.queue_prompt(save_graph(names)), on_event=lambda k, d: events.append(k))
+    finally:
+        client.ws = ws
+    images = output_images(entry)
+    assert len(images) == 2  # ImageBatch made one batch of both photos
+    png = client.view(images[0]["filename"], images[0]["subfolder"], images[0]["type"])
+    assert Image.open(io.BytesIO(png)).size == (64, 72)
+    assert ("executing" in events) == websocket
+
+
+def test_a_node_error_comes_back_with_its_message(server, tmp_path):
+    (name, data), = face_uploads([photo(tmp_path / "c.png", (16, 16))])
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": server.client.upload_image(data, name)}},
+              "2": {"class_type": "F2DHostProbeRaise", "inputs": {"image": ["1", 0], "message": "placeholder missing"}},
+              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}}
+    with pytest.raises(ExecutionFailed, match=r"node 2 \(F2DHostProbeRaise\): ValueError: placeholder missing"):
+        server.client.wait(server.client.queue_prompt(prompt))
+
+
+def painted_face(path, size):
+    """A photo the synthetic test detector (f2d_core.synthetic_onnx) sees one face in."""
+    import numpy as np
+    from f2d_core.synthetic_onnx import paint_face
+    image = np.zeros((size[1], size[0], 3), np.uint8)
+    paint_face(image, 32, 8, 8, scale=640 / max(size))
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def run_basic(server, tmp_path, faces, *extra):
+    from f2d_core.run import main
+    from .conftest import CHECKPOINT_NAME, REPO
+    argv = ["--server", server.url, "--workflow", str(REPO / "workflows" / "face2diffusion_basic.json"),
+            "--checkpoint", CHECKPOINT_NAME, "--steps", "1", "--width", "64", "--height", "64",
+            "--out", str(tmp_path / "out")]
+    for f in faces:
+        argv += ["--face", f]
+    return main(argv + list(extra))
+
+
+def test_basic_workflow_end_to_end_with_the_pack(comfy_server, tmp_path, capsys):
+    rc = run_basic(comfy_server, tmp_path, [painted_face(tmp_path / "me.png", (640, 640))],
+                   "--prompt", "a photo of f l", "--seeds", "2", "--seed", "3")
+    assert rc == 0, capsys.readouterr().err
+    a, b = (Image.open(tmp_path / "out" / f"me_00_{s}.png") for s in (3, 4))
+    assert a.size == b.size == (64, 64) and a.tobytes() != b.tobytes()  # SaveImage's, not the preview crop
+
+
+def test_several_photos_go_through_image_batch_into_the_encoder(comfy_server, tmp_path, capsys):
+    # 640x576 is letterboxed by 32 px, one stride-32 cell, so the painted face stays detectable
+    faces = [painted_face(tmp_path / "a.png", (640, 640)), painted_face(tmp_path / "b.png", (640, 576))]
+    assert run_basic(comfy_server, tmp_path, faces, "--prompt", "f l smiling") == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "a_00_0.png").is_file()
+
+
+def test_multi_reference_workflow_gets_one_photo_per_load_image(comfy_server, tmp_path, capsys):
+    from .conftest import REPO
+    faces = [painted_face(tmp_path / f"p{i}.png", (640, 640)) for i in range(3)]
+    rc = run_basic(comfy_server, tmp_path, faces, "--prompt", "f l hiking",
+                   "--workflow", str(REPO / "workflows" / "face2diffusion_multi_reference.json"))
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "p0_00_0.png").is_file()
+
+
+def test_a_prompt_without_the_trigger_is_the_nodes_own_message(comfy_server, tmp_path, capsys):
+    rc = run_basic(comfy_server, tmp_path, [painted_face(tmp_path / "me.png", (640, 640))], "--prompt", "a chef")
+    err = capsys.readouterr().err
+    assert rc == 2 and "(F2DInjectFaceToken)" in err and "f l" in err and "Traceback" not in err
