@@ -10,6 +10,14 @@ in its error dialog) treat them as bad input rather than as crashes.
 class F2DError(ValueError):
     """Base class for every actionable Face2Diffusion error."""
 
+    # ComfyUI titles its error dialog with module.Class, and it names a custom node's modules after
+    # their file path; a short stable module keeps that title readable ("face2diffusion.NoFaceError").
+    __module__ = "face2diffusion"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = "face2diffusion"
+
 
 class CheckpointError(F2DError):
     """A weight file is missing, unreadable, unsafe or of the wrong kind."""

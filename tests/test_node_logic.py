@@ -75,3 +75,10 @@ def test_non_sd1_clips_get_a_plain_message():
     require_sd1({"l"})
     with pytest.raises(F2DError, match=r"works with SD1\.x checkpoints .* this CLIP belongs to SDXL"):
         require_sd1({"g", "l"})
+
+
+def test_errors_carry_a_short_module_for_hosts_that_print_module_and_class():
+    from f2d_core.errors import NoFaceError
+    from f2d_core.workflow import WorkflowError
+    assert f"{NoFaceError.__module__}.{NoFaceError.__qualname__}" == "face2diffusion.NoFaceError"
+    assert WorkflowError.__module__ == "face2diffusion" and issubclass(WorkflowError, F2DError)

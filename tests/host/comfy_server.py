@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-MODEL_FOLDERS = ("checkpoints", "face2diffusion", "insightface")
+MODEL_FOLDERS = ("checkpoints", "face2diffusion", "insightface", "text_encoders")
 
 
 class ComfyHostError(RuntimeError):

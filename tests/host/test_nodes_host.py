@@ -1,0 +1,321 @@
+"""The pack's nodes inside a real ComfyUI: in-process against ComfyUI's own CLIP, and over HTTP
+with every example workflow and the broken graphs users will build (see conftest for fixtures)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import onnx_models as om
+from f2d_core import inject, text_encoder
+from f2d_core.workflow import find_nodes, load_workflow, set_input, to_api
+
+from .conftest import CHECKPOINT_NAME, REPO
+
+NODE_IDS = ["LoadF2DEncoder", "F2DEncodeFace", "F2DExpressionEmbed", "F2DInjectFaceToken", "F2DSaveFace",
+            "F2DLoadFace"]
+DEMO = "f l eating bread in front of the Eiffel Tower"
+
+
+def face_photo(cx=5, cy=5, size=256, blue=60):
+    """A photo the synthetic detector sees exactly one face in (a painted stride-32 cell)."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[cy * 32:(cy + 1) * 32, cx * 32:(cx + 1) * 32] = (255, om.STRIDE_GREEN[32], blue)
+    img[::7, ::5, 0] = 40
+    return img
+
+
+# --- in-process ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nodes(comfy_inprocess, f2d_models_dir):
+    return comfy_inprocess.pack_nodes()
+
+
+@pytest.fixture(scope="module")
+def encoder(nodes):
+    return nodes["LoadF2DEncoder"].execute("msid.pt", "mapping.pt", "buffalo_l").result[0]
+
+
+@pytest.fixture(scope="module")
+def parity_face(f2d_pack, encoder, parity):
+    """The parity kit's face as an F2D_FACE, encoded by the loader node's encoder."""
+    from face2diffusion_pack.f2d_core.identity import FaceIdentity
+    feats = encoder.identity_features(parity[0]["input.pixel_values"])
+    s1, s2 = encoder.face_tokens(feats)
+    return FaceIdentity(features=feats[0], s1=s1[0], s2=s2[0])
+
+
+def fp16_reference(recipe, recipe_clip_state_dict, prompt, s1, s2, tokenizer):
+    """The official overwrite of token+position rows, in transformers, with CLIP weights rounded to
+    fp16 as ComfyUI holds them on the CPU."""
+    sd16 = {k: v.half().float() if v.is_floating_point() else v for k, v in recipe_clip_state_dict.items()}
+    model = text_encoder.clip_text_model(sd16, recipe.CLIP_TEXT_CONFIG)
+    tokens = text_encoder.tokenize(tokenizer, prompt)
+    ids = torch.tensor([[t for t, _ in c] for c in tokens["l"]])
+    pos = inject.find_trigger(tokens["l"], [325, 331])[0]
+    rows = {pos[0]: s1, pos[1]: s2}
+
+    def overwrite(_m, _i, out):
+        out = out.clone()
+        for (c, s), v in rows.items():
+            out[c, s] = v
+        return out
+
+    tt = text_encoder.text_transformer(model)
+    h = tt.embeddings.register_forward_hook(overwrite)
+    try:
+        with torch.no_grad():
+            return tt(input_ids=ids).last_hidden_state.reshape(1, -1, 768)
+    finally:
+        h.remove()
+
+
+def test_every_node_is_registered_with_a_description_and_tooltips(nodes):
+    assert set(NODE_IDS) <= set(nodes)
+    for node_id, cls in nodes.items():
+        schema = cls.GET_SCHEMA()
+        assert schema.category == "Face2Diffusion" and schema.description, node_id
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+
+
+@pytest.mark.parametrize("name", ["demo", "late"])
+def test_injected_conditioning_equals_the_official_prompt_embeds(nodes, parity, parity_face, comfy_clip_from_recipe,
+                                                                 recipe, recipe_clip_state_dict, tokenizer, name):
+    E, J = parity
+    prompt = J["prompts"][name]["prompt"]
+    cond = nodes["F2DInjectFaceToken"].execute(comfy_clip_from_recipe, parity_face, prompt).result[0]
+    assert len(cond) == 1 and set(cond[0][1]) == {"pooled_output"}  # CLIPTextEncode's structure
+    ours = cond[0][0]
+    same_rounding = fp16_reference(recipe, recipe_clip_state_dict, prompt, parity_face.s1, parity_face.s2, tokenizer)
+    torch.testing.assert_close(ours, same_rounding, atol=1e-3, rtol=0)
+    # the only difference from the official fp32 numbers is ComfyUI's fp16 CLIP weights
+    torch.testing.assert_close(ours, E[f"text.{name}.prompt_embeds"], atol=2e-2, rtol=0)
+
+
+def test_tokens_recomputed_by_the_encoder_equal_the_stored_ones(nodes, encoder, parity_face, comfy_clip_from_recipe):
+    inject_node = nodes["F2DInjectFaceToken"]
+    stored = inject_node.execute(comfy_clip_from_recipe, parity_face, DEMO).result[0][0][0]
+    neutral = nodes["F2DExpressionEmbed"].execute(encoder, "neutral").result[0]
+    recomputed = inject_node.execute(comfy_clip_from_recipe, parity_face, DEMO, encoder=encoder,
+                                     expression=neutral).result[0][0][0]
+    assert torch.equal(stored, recomputed)
+
+
+def test_identity_strength_zero_is_the_class_word_and_one_half_is_the_midpoint(nodes, parity_face,
+                                                                               comfy_clip_from_recipe):
+    clip = comfy_clip_from_recipe
+    inject_node = nodes["F2DInjectFaceToken"]
+    plain = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of person at the beach"))[0][0]
+    zero = inject_node.execute(clip, parity_face, "a photo of f l at the beach", identity_strength=0.0).result[0]
+    assert torch.equal(zero[0][0], plain)
+    full = inject_node.execute(clip, parity_face, "a photo of f l at the beach").result[0][0][0]
+    half = inject_node.execute(clip, parity_face, "a photo of f l at the beach", identity_strength=0.5).result[0]
+    torch.testing.assert_close(half[0][0], (full + plain) / 2, atol=1e-6, rtol=0)
+
+
+def test_prompt_weights_apply_to_the_identity(nodes, parity_face, comfy_clip_from_recipe):
+    clip = comfy_clip_from_recipe
+    plain = nodes["F2DInjectFaceToken"].execute(clip, parity_face, "a photo of f l smiling").result[0][0][0]
+    weighted = nodes["F2DInjectFaceToken"].execute(clip, parity_face, "a photo of (f l:1.3) smiling").result[0][0][0]
+    # ComfyUI's weighting: z = (z - z_empty) * w + z_empty on the weighted slots (f at 4, l at 5) only
+    empty = clip.encode_from_tokens(clip.tokenize(""))
+    torch.testing.assert_close(weighted[0, 4:6], (plain[0, 4:6] - empty[0, 4:6]) * 1.3 + empty[0, 4:6],
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(weighted[0, :4], plain[0, :4])
+    torch.testing.assert_close(weighted[0, 6:], plain[0, 6:])
+
+
+def test_core_conditioning_nodes_accept_the_output(nodes, parity_face, comfy_clip_from_recipe):
+    import nodes as comfy_nodes
+    cond = nodes["F2DInjectFaceToken"].execute(comfy_clip_from_recipe, parity_face, DEMO).result[0]
+    timed = comfy_nodes.ConditioningSetTimestepRange().set_range(cond, 0.2, 1.0)[0]
+    assert timed[0][1]["start_percent"] == 0.2
+    combined = comfy_nodes.ConditioningCombine().combine(timed, cond)[0]
+    masked = comfy_nodes.ConditioningSetMask().append(cond, torch.ones(1, 8, 8), "default", 1.0)[0]
+    assert len(combined) == 2 and masked[0][1]["mask"].shape == (1, 8, 8)
+
+
+def test_lora_patches_on_clip_reach_the_injected_encoding(nodes, parity_face, comfy_clip_from_recipe):
+    clip = comfy_clip_from_recipe
+    key = "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    patched = clip.clone()
+    assert patched.add_patches({key: ("diff", (torch.full((768, 768), 0.01),))}) == [key]
+    base = nodes["F2DInjectFaceToken"].execute(clip, parity_face, DEMO).result[0][0][0]
+    lora = nodes["F2DInjectFaceToken"].execute(patched, parity_face, DEMO).result[0][0][0]
+    assert (base - lora).abs().max() > 1e-3
+    again = nodes["F2DInjectFaceToken"].execute(clip, parity_face, DEMO).result[0][0][0]
+    assert torch.equal(base, again)  # the unpatched CLIP is unchanged
+
+
+@pytest.mark.parametrize("family, name", [("sdxl", "SDXL"), ("sd2", "SD2.x")])
+def test_non_sd1_clips_get_a_plain_message(nodes, parity_face, request, family, name):
+    clip = request.getfixturevalue(f"{family}_like_clip")
+    with pytest.raises(ValueError, match=rf"works with SD1\.x checkpoints .* this CLIP belongs to {re.escape(name)}"):
+        nodes["F2DInjectFaceToken"].execute(clip, parity_face, DEMO)
+
+
+def test_a_prompt_without_the_trigger_shows_its_tokens(nodes, parity_face, comfy_clip_from_recipe):
+    with pytest.raises(ValueError, match=r"'f l' was not found in the prompt\. The prompt tokenized as: a \| "
+                                         r"photo \| of \| fl \| person"):
+        nodes["F2DInjectFaceToken"].execute(comfy_clip_from_recipe, parity_face, "a photo of fl person")
+
+
+def test_two_people_need_different_triggers(nodes, parity_face, comfy_clip_from_recipe):
+    inject_node = nodes["F2DInjectFaceToken"]
+    two = inject_node.execute(comfy_clip_from_recipe, parity_face, "f l and g k", face_2=parity_face).result[0]
+    assert two[0][0].shape == (1, 77, 768)
+    with pytest.raises(ValueError, match="same trigger"):
+        inject_node.execute(comfy_clip_from_recipe, parity_face, "f l", face_2=parity_face, trigger_2="F L")
+
+
+def test_the_encoder_is_loaded_once_and_reused(nodes, encoder):
+    again = nodes["LoadF2DEncoder"].execute("msid.pt", "mapping.pt", "buffalo_l").result[0]
+    assert again.encoder is encoder.encoder and again.detector is encoder.detector
+
+
+def test_encode_face_crops_and_save_load_round_trip(nodes, encoder):
+    photos = torch.from_numpy(np.stack([face_photo(2, 2), face_photo(4, 3)])).float() / 255
+    face, crops = nodes["F2DEncodeFace"].execute(encoder, photos).result
+    assert face.num_faces == 2 and crops.shape == (2, 112, 112, 3)
+    out = nodes["F2DSaveFace"].execute(face, "host/anna")
+    assert "saved host/anna.f2d.safetensors (2 face(s))" in out.ui.as_dict()["text"][0]
+    assert "host/anna.f2d.safetensors" in nodes["F2DLoadFace"].GET_SCHEMA().inputs[0].options
+    loaded, loaded_crops = nodes["F2DLoadFace"].execute("host/anna.f2d.safetensors").result
+    assert torch.equal(loaded.features, face.features) and torch.equal(loaded_crops, crops)
+    with pytest.raises(ValueError, match="face name '../x' is not usable"):
+        nodes["F2DSaveFace"].execute(face, "../x")
+
+
+def test_wrong_file_in_a_slot_names_it(nodes):
+    with pytest.raises(ValueError, match=r"mapping\.pt: expected the MSID identity encoder .* this is the mapping"):
+        nodes["LoadF2DEncoder"].execute("mapping.pt", "mapping.pt", "buffalo_l", device="cpu", precision="fp32")
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def extra_models(f2d_models_dir, recipe_clip_state_dict):
+    """Files only some graphs need: random Deep3DFaceRecon weights in epoch_20.pth's layout, and the
+    recipe's CLIP-L as a text encoder file (CLIPLoader with type sd3 makes a non-SD1 CLIP of it)."""
+    from safetensors.torch import save_file
+    from f2d_core.expression import ReconNet
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(v.shape, generator=g) * 0.02 if v.is_floating_point() else v)
+          for k, v in ReconNet().state_dict().items()}
+    torch.save({"net_recon": sd}, f2d_models_dir / "face2diffusion" / "epoch_20.pth")
+    te = f2d_models_dir / "text_encoders"
+    te.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in recipe_clip_state_dict.items()}, str(te / "clip_l_recipe.safetensors"))
+    return f2d_models_dir
+
+
+@pytest.fixture(scope="module")
+def photos(comfy_server, tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    names = {}
+    for name, img in {"face": face_photo(2, 2), "face2": face_photo(4, 4, blue=120), "face3": face_photo(3, 5),
+                      "blank": np.zeros((128, 128, 3), np.uint8)}.items():
+        Image.fromarray(img).save(d / f"{name}.png")
+        names[name] = comfy_server.upload(d / f"{name}.png")
+    return names
+
+
+def small(prompt: dict) -> dict:
+    """64x64, 2 steps, the tiny checkpoint: the workflow's graph at test cost."""
+    set_input(prompt, "CheckpointLoaderSimple", "ckpt_name", CHECKPOINT_NAME)
+    set_input(prompt, "EmptyLatentImage", "width", 64)
+    set_input(prompt, "EmptyLatentImage", "height", 64)
+    set_input(prompt, "KSampler", "steps", 2)
+    return prompt
+
+
+def workflow_prompt(server, name, photos) -> dict:
+    prompt = small(to_api(load_workflow(REPO / "workflows" / name), server.object_info()))
+    for i, nid in enumerate(sorted(find_nodes(prompt, "LoadImage"), key=int)):
+        prompt[nid]["inputs"]["image"] = photos[["face", "face2", "face3"][i]]
+    return prompt
+
+
+def test_object_info_lists_every_node(comfy_server):
+    info = comfy_server.object_info(refresh=True)
+    assert set(NODE_IDS) <= set(info)
+    loader = info["LoadF2DEncoder"]["input"]["required"]
+    assert {"msid.pt", "mapping.pt"} <= set(loader["msid"][1]["options"])  # models/face2diffusion is registered
+    assert "buffalo_l" in loader["detector"][1]["options"]  # and insightface packs are found
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows").glob("*.json")))
+def test_every_example_workflow_runs_end_to_end(comfy_server, extra_models, photos, name):
+    prompt = workflow_prompt(comfy_server, name, photos)
+    files = comfy_server.output_files(comfy_server.queue(prompt))
+    saved = [f for f in files if f.name.startswith("face2diffusion")]
+    assert saved, f"{name} saved no image"
+    assert all(Image.open(f).size == (64, 64) for f in saved)
+
+
+def test_an_unchanged_encode_is_not_run_again(comfy_server, photos):
+    """ComfyUI's cache must skip an unchanged encode when only the prompt text changes."""
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    comfy_server.queue(prompt)
+    set_input(prompt, "F2DInjectFaceToken", "text", "a photo of f l in the rain")
+    entry = comfy_server.run(prompt)
+    cached = next(d["nodes"] for e, d in entry["status"]["messages"] if e == "execution_cached")
+    encode = find_nodes(prompt, "F2DEncodeFace")[0]
+    assert encode in cached and find_nodes(prompt, "LoadF2DEncoder")[0] in cached
+    assert find_nodes(prompt, "F2DInjectFaceToken")[0] not in cached
+
+
+def expect_error(server, prompt, pattern):
+    from .comfy_server import PromptError
+    with pytest.raises(PromptError) as e:
+        server.queue(prompt)
+    assert e.value.kind == "execution", e.value
+    assert re.search(pattern, str(e.value)), str(e.value)
+
+
+def test_no_face_in_the_photo(comfy_server, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    set_input(prompt, "LoadImage", "image", photos["blank"])
+    expect_error(comfy_server, prompt, r"F2DEncodeFace .*face2diffusion\.NoFaceError: No face found in image 1 of 1\. Use a "
+                                       r"clearer photo")
+
+
+def test_missing_trigger(comfy_server, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    set_input(prompt, "F2DInjectFaceToken", "text", "a photo of a chef")
+    expect_error(comfy_server, prompt, r"F2DInjectFaceToken .* the trigger 'f l' was not found in the prompt\. "
+                                       r"The prompt tokenized as: a \| photo \| of \| a \| chef")
+
+
+def test_wrong_checkpoint_in_a_slot(comfy_server, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    set_input(prompt, "LoadF2DEncoder", "msid", "mapping.pt")
+    expect_error(comfy_server, prompt, r"LoadF2DEncoder .*face2diffusion\.CheckpointError: .*mapping\.pt: expected the MSID "
+                                       r"identity encoder \(msid\.pt or msid\.safetensors\), but this is the mapping")
+
+
+def test_a_model_file_that_is_not_there(comfy_server, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    set_input(prompt, "LoadF2DEncoder", "msid", "msid_v2.pt")
+    expect_error(comfy_server, prompt, r"msid: 'msid_v2\.pt' is not in .*face2diffusion.* \(found: .*msid\.pt")
+
+
+def test_a_non_sd1_clip(comfy_server, extra_models, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    prompt["90"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l_recipe.safetensors", "type": "sd3"}}
+    prompt[find_nodes(prompt, "F2DInjectFaceToken")[0]]["inputs"]["clip"] = ["90", 0]
+    expect_error(comfy_server, prompt, r"Face2Diffusion works with SD1\.x checkpoints .* this CLIP belongs to SD3")
+
+
+def test_expression_reference_without_a_face(comfy_server, extra_models, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_expression.json", photos)
+    loads = sorted(find_nodes(prompt, "LoadImage"), key=int)
+    prompt[loads[1]]["inputs"]["image"] = photos["blank"]
+    expect_error(comfy_server, prompt, r"F2DExpressionEmbed .* Expression reference: No face found")
