@@ -162,7 +162,7 @@ def inject_face(tokens: dict, trigger_ids: Sequence[int], s1: torch.Tensor, s2: 
     """
     vecs = []
     for name, s in (("s1", s1), ("s2", s2)):
-        s = torch.as_tensor(s).detach().float().cpu()
+        s = torch.as_tensor(s).float().cpu()  # not detached: training backpropagates into S* (f2d_core.train)
         if s.numel() != position_embedding.shape[-1]:
             raise TriggerError(f"{name} has {s.numel()} values but the text encoder is "
                                f"{position_embedding.shape[-1]}-wide; Face2Diffusion works with SD1.x (768).")

@@ -1,0 +1,177 @@
+"""Speed and memory of one training step, with random weights (no files needed).
+
+    python -m f2d_core.train bench-step --device cuda                  # mapping, full SD1.5 size, paper's batch 32
+    python -m f2d_core.train bench-step --device cuda --micro-batch-size 8 --gradient-checkpointing
+    python -m f2d_core.train bench-step --trainer msid --device cuda   # MSID, batch 1024
+    python -m f2d_core.train bench-step --size tiny --device cpu       # the toy size of the tests
+
+Full size is the real SD1.x architecture (UNet 860 M, VAE 84 M, CLIP-L 123 M parameters)
+with the frozen MSID, a random Deep3DFaceRecon ResNet-50 and a random BiSeNet, so the
+step does all the work of a real one. Prints seconds per step, hours per 1k steps, and
+peak GPU memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+# toy SD1.x-shaped models (same block types, 768-wide cross-attention, VAE factor 8)
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=64, norm_num_groups=8, layers_per_block=1,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[8, 16, 16, 16], scaling_factor=0.18215)
+TINY_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                 projection_dim=768)
+
+
+def random_parts(size: str, device):
+    """SDParts with random weights at `size` ("full": SD1.x, "tiny": the toy configs)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .sd import SD1_SCHEDULER, SD1_TEXT, SD1_UNET, SD1_VAE, SDParts
+    unet_c, vae_c, text_c = (SD1_UNET, SD1_VAE, SD1_TEXT) if size == "full" else (TINY_UNET, TINY_VAE, TINY_TEXT)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(unet_c)
+        vae = AutoencoderKL.from_config(vae_c)
+        text = CLIPTextModel(CLIPTextConfig(**text_c))
+    return SDParts(unet, vae, text, dict(SD1_SCHEDULER))
+
+
+class RandomFaces(torch.utils.data.Dataset):
+    """Random uint8 crops of the right shapes (the trainer's data contract, without files)."""
+
+    def __init__(self, n: int, resolution: int, expression: bool):
+        self.n, self.r, self.exp = n, resolution, expression
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        g = torch.Generator().manual_seed(index)
+        out = {"sd": torch.randint(0, 256, (3, self.r, self.r), generator=g, dtype=torch.uint8),
+               "id": torch.randint(0, 256, (3, 112, 112), generator=g, dtype=torch.uint8),
+               "mask": torch.zeros(1, self.r, self.r, dtype=torch.uint8), "index": index, "flip": bool(flip)}
+        out["mask"][:, self.r // 4:3 * self.r // 4, self.r // 4:3 * self.r // 4] = 1
+        if self.exp:
+            out["exp"] = torch.randint(0, 256, (3, 224, 224), generator=g, dtype=torch.uint8)
+        return out
+
+
+class RandomIdentities(torch.utils.data.Dataset):
+    def __init__(self, n: int, classes: int):
+        self.n, self.classes = n, classes
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        g = torch.Generator().manual_seed(index)
+        return torch.randint(0, 256, (3, 112, 112), generator=g, dtype=torch.uint8), index % self.classes
+
+
+def _mapping_trainer(args, out, device):
+    from f2d_core.expression import ExpressionRegressor, ReconNet
+    from f2d_core.msid import MSIDEncoder
+
+    from .expression import RegressorExpression
+    from .mapping_trainer import Components, MappingConfig, MappingTrainer
+    from .parsing import BiSeNet, FaceParser
+    resolution = args.resolution or (512 if args.size == "full" else 64)
+    cfg = MappingConfig(out=out, steps=10 ** 9, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                        resolution=resolution, precision=args.precision, device=device, loss=args.loss,
+                        gradient_checkpointing=args.gradient_checkpointing, workers=args.workers, progress=False,
+                        sample_every=0)
+    with torch.device(device):
+        expression = RegressorExpression(ExpressionRegressor(ReconNet())) if args.expression else None
+        parser = FaceParser(BiSeNet()) if args.parsing else None
+    comps = Components(random_parts(args.size, device), MSIDEncoder(), expression, parser)
+    return MappingTrainer(cfg, comps, RandomFaces(4096, resolution, args.expression))
+
+
+def _msid_trainer(args, out, device):
+    from .msid_trainer import MSIDConfig, MSIDTrainer
+    cfg = MSIDConfig(out=out, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                     precision=args.precision, device=device, workers=args.workers, progress=False)
+    return MSIDTrainer(cfg, RandomIdentities(max(4096, args.batch_size * 2), args.num_classes), args.num_classes)
+
+
+def bench(args) -> dict:
+    from .runtime import resolve_device
+    device = str(resolve_device(args.device))
+    cuda = device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        tr = (_mapping_trainer if args.trainer == "mapping" else _msid_trainer)(args, out, device)
+        setup = time.perf_counter() - t0
+        batches = tr.batches(0)
+        for _ in range(args.warmup):
+            tr.train_step(batches)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        losses = [tr.train_step(batches)["loss"] for _ in range(args.steps)]
+        if cuda:
+            torch.cuda.synchronize()
+        per_step = (time.perf_counter() - t0) / args.steps
+    res = {"trainer": args.trainer, "size": args.size, "device": device,
+           "gpu": torch.cuda.get_device_name() if cuda else None, "precision": tr.precision,
+           "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size or args.batch_size,
+           "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
+           "seconds_per_step": round(per_step, 4), "hours_per_1k_steps": round(per_step * 1000 / 3600, 3),
+           "setup_seconds": round(setup, 1), "loss": round(losses[-1], 5), "torch": torch.__version__}
+    if cuda:
+        res["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        res["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)
+    if args.trainer == "mapping":
+        res.update(loss_kind=args.loss, resolution=tr.cfg.resolution, expression=args.expression,
+                   parsing=args.parsing)
+    return res
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--trainer", choices=("mapping", "msid"), default="mapping")
+    p.add_argument("--size", choices=("full", "tiny"), default="full", help="full: SD1.x architecture (default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--batch-size", type=int, default=None, help="default: the paper's (mapping 32, msid 1024)")
+    p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None, help="mapping: SD crop size (default 512; tiny 64)")
+    p.add_argument("--loss", default="cgdr", choices=("cgdr", "reconstruction", "masked"))
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-expression", dest="expression", action="store_false",
+                   help="leave out the (random) expression regressor")
+    p.add_argument("--no-parsing", dest="parsing", action="store_false", help="leave out the (random) BiSeNet")
+    p.add_argument("--num-classes", type=int, default=85742, help="msid: identities of the head (MS1M-ArcFace: 85742)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", default=None, help="also write the result to this file")
+
+
+def main(args) -> int:
+    if args.batch_size is None:
+        args.batch_size = 32 if args.trainer == "mapping" else 1024
+    res = bench(args)
+    for k, v in res.items():
+        print(f"{k:>24}: {v}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,255 @@
+"""Tiny models and synthetic faces for the training tests (everything built here, nothing downloaded).
+
+- SD1.x-shaped diffusers models a few hundred kB big (same block types as SD1.5, 768-wide
+  cross-attention, VAE with SD's factor 8), seeded random weights;
+- `ldm_state_dict`: those weights renamed to the original LDM single-file layout (the
+  inverse of the renaming diffusers applies when it reads such a file), to test our
+  single-file loader on a file that looks like a real SD1.x checkpoint;
+- synthetic face photos with known landmarks, and random MSID / mapping checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import torch
+
+from f2d_core.train.bench import TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (the benchmark's toy size)
+
+
+def tiny_configs():
+    from f2d_core.train.sd import SD1_SCHEDULER
+    return {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_TEXT, "scheduler": dict(SD1_SCHEDULER)}
+
+
+def _seeded(module, seed):
+    """Deterministic random weights, independent of the global RNG."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if p.ndim == 1:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if name.endswith("weight")
+                        else 0.02 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(np.prod(p.shape[1:])))
+    return module
+
+
+_BUILT: dict = {}
+
+
+def tiny_parts(seed=0, tokenizer=None):
+    """A fresh copy of the tiny SD parts for `seed` (built once per session: drawing the 38 M
+    values of CLIP's token table takes seconds, copying them does not)."""
+    import copy
+    if seed not in _BUILT:
+        _BUILT[seed] = _build_tiny_parts(seed)
+    parts = copy.deepcopy(_BUILT[seed])
+    parts.tokenizer = tokenizer
+    return parts
+
+
+def _build_tiny_parts(seed, tokenizer=None):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from f2d_core.train.sd import SDParts
+    cfg = tiny_configs()
+    unet = _seeded(UNet2DConditionModel(**TINY_UNET), seed)
+    vae = _seeded(AutoencoderKL(**TINY_VAE), seed + 1)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    _seeded(text, seed + 2)
+    with torch.no_grad():  # CLIP-like embedding scale, so S* (std ~0.5) and words are comparable
+        emb = getattr(text, "text_model", text).embeddings
+        emb.token_embedding.weight.mul_(0.02 / emb.token_embedding.weight.std())
+        emb.position_embedding.weight.mul_(0.01 / emb.position_embedding.weight.std())
+    return SDParts(unet.eval(), vae.eval(), text.eval(), dict(cfg["scheduler"]), tokenizer, configs=cfg)
+
+
+def save_diffusers_folder(parts, path):
+    parts.unet.save_pretrained(os.path.join(path, "unet"))
+    parts.vae.save_pretrained(os.path.join(path, "vae"))
+    parts.text_encoder.save_pretrained(os.path.join(path, "text_encoder"))
+    os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
+    with open(os.path.join(path, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump({"_class_name": "PNDMScheduler", **parts.scheduler_config}, f)
+    return path
+
+
+# ---- diffusers -> LDM names (the original SD single-file layout) ------------------------------
+
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+
+
+def _unet_key(k: str, per_level: int) -> str:
+    top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+           "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for a, b in top.items():
+        if k.startswith(a + "."):
+            return b + k[len(a):]
+
+    def res(rest):
+        for a, b in _RESNET:
+            if rest.startswith(a + "."):
+                return b + rest[len(a):]
+        return rest
+
+    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        n = 1 + i * (per_level + 1) + j
+        return f"input_blocks.{n}.0.{res(rest)}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * (per_level + 1)}.0.op.{m[2]}"
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", k)
+    if m:
+        return f"middle_block.{2 * int(m[2])}.{res(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
+    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        n = i * (per_level + 1) + j
+        return f"output_blocks.{n}.0.{res(rest)}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+    raise KeyError(k)
+
+
+def _unet_upsampler_keys(unet_sd, per_level, up_types):
+    out = {}
+    for k, v in unet_sd.items():
+        m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k)
+        if m:
+            i = int(m[1])
+            slot = 2 if up_types[i].startswith("CrossAttn") else 1
+            out[f"output_blocks.{i * (per_level + 1) + per_level}.{slot}.conv.{m[2]}"] = v
+    return out
+
+
+def _vae_key(k: str, n_blocks: int) -> str:
+    k = k.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+    m = re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k)
+    if m:
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}"
+    m = re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k)
+    if m:
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    m = re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k)
+    if m:
+        return f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}.{m[3]}"
+    m = re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k)
+    if m:
+        return f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", k)
+    if m:
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", k)
+    if m:
+        names = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+        for a, b in names.items():
+            if m[2].startswith(a + "."):
+                return f"{m[1]}.mid.attn_1.{b}{m[2][len(a):]}"
+    return k
+
+
+def ldm_state_dict(parts, text_prefix="text_model.") -> dict:
+    """The parts' weights under the names of an original SD1.x single-file checkpoint."""
+    per = parts.unet.config.layers_per_block
+    unet_sd = parts.unet.state_dict()
+    out = {}
+    for k, v in unet_sd.items():
+        if ".upsamplers." not in k:
+            out["model.diffusion_model." + _unet_key(k, per)] = v
+    for k, v in _unet_upsampler_keys(unet_sd, per, parts.unet.config.up_block_types).items():
+        out["model.diffusion_model." + k] = v
+    nb = len(parts.vae.config.block_out_channels)
+    for k, v in parts.vae.state_dict().items():
+        name = _vae_key(k, nb)
+        if ".mid.attn_1." in name and name.endswith("weight") and v.ndim == 2:
+            v = v[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        out["first_stage_model." + name] = v
+    for k, v in parts.text_encoder.state_dict().items():
+        k = k if k.startswith("text_model.") else text_prefix + k
+        out["cond_stage_model.transformer." + k] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+# ---- synthetic faces -------------------------------------------------------------------------
+
+def face_image(seed: int, size: int = 96, face: float = 0.4):
+    """A face-like RGB picture (skin ellipse, eyes, nose, mouth; colours and placement vary with
+    the seed) and its 5 landmarks."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = rng.integers(20, 235, 3)
+    img[::4, :, 1] = rng.integers(0, 255)  # background texture
+    cx, cy = size / 2 + rng.uniform(-0.08, 0.08) * size, size / 2 + rng.uniform(-0.05, 0.05) * size
+    w = face * size * rng.uniform(0.9, 1.1)
+    skin = tuple(int(c) for c in rng.integers(90, 250, 3))
+    cv2.ellipse(img, (int(cx), int(cy)), (int(w * 0.5), int(w * 0.65)), 0, 0, 360, skin, -1)
+    eyes = np.array([[cx - 0.2 * w, cy - 0.12 * w], [cx + 0.2 * w, cy - 0.12 * w]])
+    nose = np.array([cx, cy + 0.08 * w])
+    mouth = np.array([[cx - 0.16 * w, cy + 0.28 * w], [cx + 0.16 * w, cy + 0.28 * w]])
+    eye_colour = tuple(int(c) for c in rng.integers(0, 120, 3))
+    for e in eyes:
+        cv2.circle(img, tuple(int(v) for v in e), max(1, int(0.06 * w)), eye_colour, -1)
+    cv2.circle(img, tuple(int(v) for v in nose), max(1, int(0.04 * w)), (120, 60, 60), -1)
+    cv2.line(img, tuple(int(v) for v in mouth[0]), tuple(int(v) for v in mouth[1]), (150, 20, 30),
+             max(1, int(0.04 * w)))
+    return img, np.vstack([eyes, nose, mouth]).astype(np.float32)
+
+
+def write_faces(folder, n: int, size: int = 96, seed: int = 0, subdir: str = "") -> dict:
+    """n synthetic faces as PNGs in folder[/subdir] plus their landmarks; returns {relpath: landmarks5}."""
+    from PIL import Image
+    os.makedirs(os.path.join(folder, subdir), exist_ok=True)
+    marks = {}
+    for i in range(n):
+        img, lm = face_image(seed + i, size)
+        rel = f"{subdir}/face{i:03d}.png" if subdir else f"face{i:03d}.png"
+        Image.fromarray(img).save(os.path.join(folder, rel))
+        marks[rel] = lm.tolist()
+    return marks
+
+
+def write_landmarks(path, marks: dict):
+    with open(path, "w") as f:
+        json.dump(marks, f)
+    return str(path)
+
+
+def random_msid(path, seed=0):
+    """A random MSID encoder in the official msid.pt layout (BN statistics included)."""
+    from f2d_core.msid import MSIDEncoder
+    torch.manual_seed(seed)
+    m = MSIDEncoder()
+    with torch.no_grad():
+        m.cls_token.normal_(std=0.02)
+        m.pos_embed.normal_(std=0.02)
+    torch.save(m.state_dict(), path)
+    return str(path)
+
+
+class TinyIdentity(torch.nn.Module):
+    """A cheap stand-in for the frozen MSID where the trainer's mechanics are tested:
+    (B, 3, 112, 112) -> (B, 1536) from 8x8-pooled pixels."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.proj = _seeded(torch.nn.Linear(3 * 8 * 8, 1536), seed)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1))
+
+
+class TinyExpression:
+    """A stand-in expression encoder: (B, 3, 224, 224) uint8 -> (B, 64)."""
+
+    def __init__(self, seed=0):
+        self.proj = _seeded(torch.nn.Linear(3 * 4 * 4, 64), seed)
+
+    def __call__(self, crops):
+        with torch.no_grad():
+            return self.proj(torch.nn.functional.adaptive_avg_pool2d(crops.float() / 255, 4).flatten(1))
