@@ -80,10 +80,15 @@ def main(argv=None) -> int:
     b.set_defaults(fn=lambda a: __import__(f"{__package__}.bench", fromlist=["main"]).main(a.rest))
     b.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("run", add_help=False, help="photo(s) x prompts x seeds -> images, through ComfyUI headless")
+    sub.add_parser("evaluate", add_help=False, help="the paper's evaluation on ComfyUI server(s): images, "
+                   "identity and CLIP scores, report")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # run has its own parser; REMAINDER would reject a leading --face
         from .run import main as run_main
         return run_main(argv[1:], "python -m f2d_core run")
+    if argv[:1] == ["evaluate"]:
+        from .evaluate import main as evaluate_main
+        return evaluate_main(argv[1:], "python -m f2d_core evaluate")
     if argv[:1] == ["bench"]:  # likewise: bench parses its own options (--device, --json, ...)
         from .bench import main as bench_main
         return bench_main(argv[1:])

@@ -145,10 +145,30 @@ def download(client: ComfyClient, images: list[dict], out_dir: str, stem: str) -
     for j, img in enumerate(images):
         ext = os.path.splitext(img["filename"])[1] or ".png"
         path = os.path.join(out_dir, stem + (f"_{j}" if j else "") + ext)
-        with open(path, "wb") as f:
-            f.write(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output")))
+        data = client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))
+        with open(path + ".part", "wb") as f:  # atomic: an interrupted run never leaves half an image
+            f.write(data)
+        os.replace(path + ".part", path)
         files.append(path)
     return files
+
+
+def render(client: ComfyClient, api: dict, text: str, seed: int, out_dir: str, stem: str, on_queued=None,
+           on_event=None, timeout: float | None = None) -> tuple[str, list[str]]:
+    """One image: fill in the prompt text and seed, queue, wait, download -> (prompt id, files).
+    `on_queued(prompt)` sees the filled-in prompt, `on_event` the server's progress messages."""
+    prompt = copy.deepcopy(api)
+    set_input(prompt, *TEXT, text)
+    set_input(prompt, *SEED, seed)
+    if on_queued is not None:
+        on_queued(prompt)
+    prompt_id = client.queue_prompt(prompt)
+    try:
+        entry = client.wait(prompt_id, on_event=on_event, timeout=timeout)
+    except KeyboardInterrupt:
+        client.interrupt()  # a server we did not start would go on with it
+        raise
+    return prompt_id, download(client, output_images(entry), out_dir, stem)
 
 
 def generate(client: ComfyClient, api: dict, label: str, faces: list[str], prompts: list[str], seeds: list[int],
@@ -159,18 +179,9 @@ def generate(client: ComfyClient, api: dict, label: str, faces: list[str], promp
     with open(os.path.join(out_dir, "manifest.jsonl"), "a", encoding="utf-8") as manifest:
         for pi, text in enumerate(prompts):
             for seed in seeds:
-                prompt = copy.deepcopy(api)
-                set_input(prompt, *TEXT, text)
-                set_input(prompt, *SEED, seed)
                 stem, k = f"{label}_{pi:0{width}d}_{seed}", k + 1
-                progress.start(f"[{k}/{total}] {stem}", prompt)
-                prompt_id = client.queue_prompt(prompt)
-                try:
-                    entry = client.wait(prompt_id, on_event=progress)
-                except KeyboardInterrupt:
-                    client.interrupt()  # a server we did not start would go on with it
-                    raise
-                files = download(client, output_images(entry), out_dir, stem)
+                prompt_id, files = render(client, api, text, seed, out_dir, stem, on_event=progress,
+                                          on_queued=lambda p, head=f"[{k}/{total}] {stem}": progress.start(head, p))
                 progress.done()
                 for path in files:
                     print(f"saved {path}")

@@ -7,8 +7,10 @@ from .face_files import F2DLoadFace, F2DSaveFace
 from .inject import F2DInjectFaceToken
 from .loader import LoadF2DEncoder
 from .paths import register_folders
+from .similarity import F2DFaceSimilarity
 
-NODES = [LoadF2DEncoder, F2DEncodeFace, F2DExpressionEmbed, F2DInjectFaceToken, F2DSaveFace, F2DLoadFace]
+NODES = [LoadF2DEncoder, F2DEncodeFace, F2DExpressionEmbed, F2DInjectFaceToken, F2DSaveFace, F2DLoadFace,
+         F2DFaceSimilarity]
 
 # ComfyExtension.on_load is never called by ComfyUI 0.3.64, so register at import
 register_folders()

@@ -8,6 +8,7 @@ import folder_paths
 from ..f2d_core.detect import list_insightface_packs
 from ..f2d_core.errors import ModelFilesMissing
 from ..f2d_core.identity import SUFFIX as IDENTITY_SUFFIX
+from ..f2d_core.recognize import list_recognizer_packs
 
 F2D_FOLDER = "face2diffusion"
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
@@ -70,6 +71,14 @@ def detector_packs() -> list[str]:
     names = []
     for root in insightface_roots():
         names += [n for n in list_insightface_packs(root) if n not in names]
+    return names
+
+
+def recognizer_packs() -> list[str]:
+    """Packs with both a detector and a recognition model (w600k_r50.onnx, glintr100.onnx, ...)."""
+    names = []
+    for root in insightface_roots():
+        names += [n for n in list_recognizer_packs(root) if n not in names]
     return names
 
 

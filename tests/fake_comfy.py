@@ -97,14 +97,20 @@ class FakeComfy:
     """with FakeComfy() as fake: ... fake.url ...; knobs: ws (False: /ws answers 404),
     ws_drop_after (close the socket after that many messages), fail_class (that node raises),
     reject (a 400 answer body for /prompt), history_messages (False: /history keeps no status
-    messages, so errors are only seen on the websocket). `python fake_comfy.py --port P [...]` serves until killed
+    messages, so errors are only seen on the websocket), image (a function (prompt, seed) -> PNG
+    bytes for SaveImage; default tiny_png(seed)), die_after (accept that many prompts, then "crash"
+    when the next one arrives: it is queued but never run, the socket and the port close), run_delay
+    (seconds each prompt "runs"). `python fake_comfy.py --port P [...]` serves until killed
     and writes its arguments to $FAKE_COMFY_ARGV, so it can stand in for ComfyUI's main.py."""
 
     def __init__(self, object_info=None, ws=True, ws_drop_after=None, fail_class=None, reject=None,
-                 history_delay=0.05, port=0, history_messages=True):
+                 history_delay=0.05, port=0, history_messages=True, image=None, die_after=None, run_delay=0.0):
         self.object_info = object_info or fake_object_info()
         self.ws, self.ws_drop_after, self.fail_class, self.reject = ws, ws_drop_after, fail_class, reject
         self.history_delay, self.history_messages = history_delay, history_messages
+        self.image = image or (lambda prompt, seed: tiny_png(seed))
+        self.die_after, self.run_delay = die_after, run_delay
+        self.dead = False
         self.prompts, self.uploads, self.history, self.images = [], {}, {}, {}
         self.ws_clients, self.pongs, self.unmasked_frames, self.ws_connects = {}, 0, 0, 0
         self.pong_payloads, self.interrupts = [], 0
@@ -121,8 +127,15 @@ class FakeComfy:
 
     def __exit__(self, *exc):
         self.jobs.put(None)
-        self.httpd.shutdown()
+        if not self.dead:
+            self.httpd.shutdown()
         self.httpd.server_close()
+
+    def die(self):
+        """Crash: stop running prompts, drop websockets, stop listening (from a handler thread)."""
+        self.dead = True
+        self.jobs.put(None)
+        threading.Thread(target=lambda: (self.httpd.shutdown(), self.httpd.server_close()), daemon=True).start()
 
     def send(self, client_id, kind, data):
         q = self.ws_clients.get(client_id)
@@ -141,6 +154,7 @@ class FakeComfy:
             msgs.append([kind, data])
             self.send(client_id, kind, data)
         send("execution_start", {})
+        time.sleep(self.run_delay)
         outputs = {}
         for nid in sorted(prompt, key=lambda k: int(k) if k.isdigit() else 0):
             node = prompt[nid]
@@ -158,7 +172,7 @@ class FakeComfy:
             if node["class_type"] == "SaveImage":
                 seed = next((n["inputs"].get("seed", 0) for n in prompt.values() if n["class_type"] == "KSampler"), 0)
                 name = f"ComfyUI_{len(self.images):05d}_.png"
-                self.images[name] = tiny_png(seed)
+                self.images[name] = self.image(prompt, seed)
                 outputs[nid] = {"images": [{"filename": name, "subfolder": "", "type": "output"}]}
                 send("executed", {"node": nid, "display_node": nid, "output": outputs[nid]})
         else:
@@ -227,6 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json({"error": {"type": "invalid_prompt", "message": f"Cannot execute because node "
                                              f"{unknown[0]} does not exist.", "details": ""}, "node_errors": {}}, 400)
             pid = str(uuid.uuid4())
+            if self.fake.die_after is not None and len(self.fake.prompts) >= self.fake.die_after:
+                self.fake.prompts.append(data["prompt"])
+                self._json({"prompt_id": pid, "number": len(self.fake.prompts), "node_errors": {}})
+                return self.fake.die()  # queued, never run: the client learns it when the server is gone
             self.fake.prompts.append(data["prompt"])
             self.fake.jobs.put((pid, data["prompt"], data.get("client_id")))
             return self._json({"prompt_id": pid, "number": len(self.fake.prompts), "node_errors": {}})
@@ -249,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         half = len(status) // 2  # a fragmented text message, a ping and a binary preview frame first
         sock.sendall(server_frame(TEXT, status[:half].encode(), fin=False) + server_frame(0, status[half:].encode())
                      + server_frame(PING, b"hi") + server_frame(BINARY, b"\x00\x00\x00\x01preview"))
-        while True:
+        while not self.fake.dead:
             try:
                 msg = out.get(timeout=0.02)
                 if self.fake.ws_drop_after is not None and sent >= self.fake.ws_drop_after:

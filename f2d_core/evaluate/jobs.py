@@ -1,0 +1,163 @@
+"""What an evaluation generates, and what of it is already on disk.
+
+Faces: every image file directly in --faces DIR is one person; every subfolder with images is
+one person photographed several times (the photos are encoded together). Jobs: every face x
+prompt x seed, plus one reference image per face x seed ("a photo of f l", the image-side
+origin of the directional CLIP score). A job is done when its image file exists (images are
+written atomically), so a rerun only makes what is missing. settings.json records what the
+images were made with; a rerun with other settings into the same folder is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import F2DError
+from ..run import face_label
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+TRIGGER = "f l"
+REFERENCE_PROMPT = "a photo of f l"
+PAPER_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                             "paper_prompts.txt")
+_TRIGGER_RE = re.compile(r"(?<![A-Za-z0-9])f l(?![A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class Face:
+    label: str
+    photos: tuple
+
+
+@dataclass(frozen=True)
+class Job:
+    face: Face
+    prompt_index: int   # -1: the reference image ("a photo of f l")
+    prompt: str
+    seed: int
+
+    @property
+    def is_reference(self) -> bool:
+        return self.prompt_index < 0
+
+    @property
+    def stem(self) -> str:
+        which = "ref" if self.is_reference else f"{self.prompt_index:02d}"
+        return f"{self.face.label}_{which}_{self.seed}"
+
+    def path(self, out_dir: str) -> str:
+        return os.path.join(out_dir, "images", self.face.label, self.stem + ".png")
+
+
+def find_faces(folder: str) -> list[Face]:
+    if not os.path.isdir(folder):
+        raise F2DError(f"--faces {folder}: not a folder. Give a folder with one photo per person (or one "
+                       "subfolder of photos per person).")
+    faces, seen = [], {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            photos = tuple(os.path.join(path, f) for f in sorted(os.listdir(path)) if f.lower().endswith(IMAGE_EXTS))
+            label = face_label(name)
+        elif name.lower().endswith(IMAGE_EXTS):
+            photos, label = (path,), face_label(name)
+        else:
+            continue
+        if not photos:
+            continue
+        if label in seen:
+            raise F2DError(f"{seen[label]} and {path} both become the face name {label!r}; rename one of them.")
+        seen[label] = path
+        faces.append(Face(label, photos))
+    if not faces:
+        raise F2DError(f"--faces {folder}: no photos found (looked for {', '.join(IMAGE_EXTS)} files and "
+                       "subfolders holding them).")
+    return faces
+
+
+def read_prompt_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except FileNotFoundError:
+        raise F2DError(f"{path}: prompts file not found.") from None
+
+
+def read_prompts(files: list[str], texts: list[str]) -> list[str]:
+    """--prompt texts, then the lines of each --prompts file; without either, the paper's list."""
+    prompts = [t.strip() for t in texts if t.strip()]
+    for path in files:
+        prompts += read_prompt_file(path)
+    if not files and not texts:
+        prompts = read_prompt_file(PAPER_PROMPTS)
+        if not prompts:
+            raise F2DError(
+                f"{PAPER_PROMPTS} holds no prompts: the 40 prompts of the paper's Table 7 could not be obtained "
+                "when this pack was written, so the file is shipped empty rather than with an invented list. "
+                "Paste them into it (S* written as f l), or pass your own with --prompts FILE or --prompt TEXT.")
+    if not prompts:
+        raise F2DError("no prompt given: the prompts file(s) hold no prompt lines.")
+    missing = [p for p in prompts if not _TRIGGER_RE.search(p)]
+    if missing:
+        shown = "; ".join(repr(p) for p in missing[:5])
+        raise F2DError(f"every prompt needs the words {TRIGGER!r} where the person goes; {len(missing)} do(es) "
+                       f"not: {shown}")
+    return prompts
+
+
+def subject_text(prompt: str, subject: str) -> str:
+    """The prompt as CLIP should read it: the identifier words replaced by a plain subject."""
+    return _TRIGGER_RE.sub(subject, prompt)
+
+
+def make_jobs(faces: list[Face], prompts: list[str], seeds: list[int], reference: bool = True) -> list[Job]:
+    jobs = []
+    for face in faces:
+        for seed in seeds:
+            if reference:
+                jobs.append(Job(face, -1, REFERENCE_PROMPT, seed))
+            jobs += [Job(face, i, p, seed) for i, p in enumerate(prompts)]
+    return jobs
+
+
+def pending(jobs: list[Job], out_dir: str) -> list[Job]:
+    return [j for j in jobs if not os.path.isfile(j.path(out_dir))]
+
+
+def _sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def settings_record(faces: list[Face], prompts: list[str], generation: dict) -> dict:
+    return {"generation": generation, "prompts": prompts, "reference_prompt": REFERENCE_PROMPT,
+            "faces": {f.label: [_sha(p) for p in f.photos] for f in faces}}
+
+
+def check_settings(out_dir: str, record: dict) -> None:
+    """Write settings.json, or check the existing one agrees: the same generation settings, the
+    same prompts at the same positions (more may be appended), the same photos per face name
+    (more faces and seeds may be added)."""
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        diffs = [f"{k}: {old['generation'].get(k)!r} before, {v!r} now"
+                 for k, v in record["generation"].items() if old["generation"].get(k) != v]
+        n = min(len(old["prompts"]), len(record["prompts"]))
+        diffs += [f"prompt {i}: {old['prompts'][i]!r} before, {record['prompts'][i]!r} now"
+                  for i in range(n) if old["prompts"][i] != record["prompts"][i]]
+        diffs += [f"face {k}: other photos than before" for k, v in record["faces"].items()
+                  if k in old["faces"] and old["faces"][k] != v]
+        if diffs:
+            raise F2DError(f"{out_dir} holds images made with other settings, so they cannot be reused:\n  "
+                           + "\n  ".join(diffs[:10]) + f"\nUse another --out folder (or delete {out_dir}).")
+        record = {**record, "prompts": record["prompts"] if len(record["prompts"]) >= len(old["prompts"])
+                  else old["prompts"], "faces": {**old["faces"], **record["faces"]}}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path + ".part", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".part", path)

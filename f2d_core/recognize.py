@@ -1,0 +1,161 @@
+"""Face recognition (ArcFace) with insightface's model files, without the insightface package.
+
+Used to *grade* generated faces, so it is deliberately not MSID (a method is not graded by its
+own encoder): buffalo_l's w600k_r50.onnx or antelopev2's glintr100.onnx, or any single-output
+recognition model on a square 112 (or 128) input. Run as insightface's ArcFaceONNX does:
+- the face is aligned from its 5 keypoints (SCRFD's, as insightface's FaceAnalysis passes them)
+  by face_align.norm_crop: a similarity fit to the ArcFace template, bilinear warp, black border;
+- the blob is cv2.dnn.blobFromImages(crops, 1/std, size, mean): RGB (insightface swaps its BGR),
+  (x - 127.5) / 127.5, or raw pixels when the graph normalises itself (Sub and Mul among its
+  first 8 nodes: the mxnet exports);
+- the embedding is the model's single output; `embeddings()` L2-normalises it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError, ModelFilesMissing
+from .onnx_session import make_session, read_graph_summary
+
+KNOWN_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")  # buffalo_l, antelopev2
+ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                 [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+_BATCH = 32
+
+
+def _template(size: int) -> np.ndarray:
+    """insightface's estimate_norm destination points for a square input of `size`."""
+    if size % 112 == 0:
+        return ARCFACE_TEMPLATE_112 * (size / 112.0)
+    dst = ARCFACE_TEMPLATE_112 * (size / 128.0)
+    dst[:, 0] += 8.0 * size / 128.0
+    return dst
+
+
+def _square_size(shape) -> int | None:
+    h, w = shape[2:4] if len(shape) == 4 else (None, None)
+    if isinstance(h, int) and h == w and h > 0 and (h % 112 == 0 or h % 128 == 0):
+        return h
+    return None
+
+
+class ArcFaceRecognizer:
+    """An insightface recognition model on onnxruntime: aligned crops -> identity embeddings."""
+
+    def __init__(self, model_path, device: str = "auto"):
+        path = os.fspath(model_path)
+        self.model_path, self.name = path, os.path.basename(path)
+        self.session = make_session(path, device)
+        inp, outs = self.session.get_inputs()[0], self.session.get_outputs()
+        size = _square_size(inp.shape)
+        if len(outs) != 1 or size is None:
+            raise CheckpointError(
+                f"{self.name} is not a face recognition model: it has {len(outs)} output(s) and input shape "
+                f"{inp.shape}; expected one output (the embedding) and a square [N, 3, 112, 112] input. Use "
+                "w600k_r50.onnx (buffalo_l) or glintr100.onnx (antelopev2).")
+        self.input_name, self.output_name, self.input_size = inp.name, outs[0].name, size
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        # insightface's ArcFaceONNX rule (no bn_data case, unlike the landmark model)
+        names = read_graph_summary(path).node_names[:8]
+        has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
+        has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
+        self.input_mean, self.input_std = (0.0, 1.0) if has_sub and has_mul else (127.5, 127.5)
+
+    def align(self, image_rgb: np.ndarray, landmarks5) -> np.ndarray:
+        """insightface face_align.norm_crop: uint8 RGB (size, size, 3) crop of the face."""
+        from .align import similarity_matrix, warp  # lazy: align imports torch
+        matrix = similarity_matrix(np.asarray(landmarks5, np.float32), _template(self.input_size))
+        return warp(image_rgb, matrix, self.input_size)
+
+    def features(self, crops) -> np.ndarray:
+        """Raw model outputs (N, D) float32 for aligned uint8 RGB crops (what insightface's get_feat returns)."""
+        import cv2
+        crops = [np.ascontiguousarray(c) for c in crops]
+        if not crops:
+            return np.zeros((0, 0), np.float32)
+        step = self.fixed_batch or _BATCH
+        out = []
+        for i in range(0, len(crops), step):
+            blob = cv2.dnn.blobFromImages(crops[i:i + step], 1.0 / self.input_std, (self.input_size,) * 2,
+                                          (self.input_mean,) * 3, swapRB=False)
+            out.append(self.session.run([self.output_name], {self.input_name: blob.astype(np.float32)})[0])
+        return np.concatenate(out).reshape(len(crops), -1).astype(np.float32)
+
+    def embeddings(self, crops) -> np.ndarray:
+        """L2-normalised embeddings (N, D) (insightface's normed_embedding)."""
+        f = self.features(crops)
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _pack_folder(pack: Path) -> Path:
+    from .detect import _pack_folder as folder  # the same nesting rule as the detector's
+    return folder(pack)
+
+
+def _is_recognizer(path: Path) -> bool:
+    """One output, a square 112/128 input: checked without onnxruntime first (the output count)."""
+    try:
+        if read_graph_summary(path).num_outputs != 1:
+            return False
+        session = make_session(path, "cpu")
+    except (OSError, ValueError):
+        return False
+    inp, outs = session.get_inputs()[0], session.get_outputs()
+    return len(outs) == 1 and _square_size(inp.shape) is not None and len(outs[0].shape) == 2
+
+
+def find_recognizer_file(pack_dir) -> str:
+    """The recognition model of an insightface pack folder: w600k_r50.onnx (buffalo_l),
+    glintr100.onnx (antelopev2), else the one single-output model on a square 112/128 input."""
+    pack = Path(pack_dir)
+    if not pack.is_dir():
+        raise ModelFilesMissing(
+            f"insightface model folder not found: {pack}. Expected a pack folder such as "
+            "ComfyUI/models/insightface/models/buffalo_l (with w600k_r50.onnx) or .../antelopev2 "
+            "(with glintr100.onnx).")
+    folder = _pack_folder(pack)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
+    by_name = {p.name.lower(): p for p in files}
+    for known in KNOWN_RECOGNIZERS:
+        if known in by_name:
+            return str(by_name[known])
+    for p in files:
+        if p.name.lower() not in ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx") and _is_recognizer(p):
+            return str(p)
+    found = ", ".join(p.name for p in files) or "no .onnx files"
+    raise ModelFilesMissing(
+        f"No face recognition model in {folder}: found {found}. Expected w600k_r50.onnx (buffalo_l), "
+        "glintr100.onnx (antelopev2) or another insightface recognition model (one 512-d output, "
+        "input [N, 3, 112, 112]). Unpack the whole model pack so its .onnx files sit in this folder.")
+
+
+def list_recognizer_packs(models_root) -> list[str]:
+    """Pack folders under models_root that hold both a face detector and a recognition model."""
+    from .detect import find_detector_files
+    root = Path(models_root)
+    names = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        try:
+            find_detector_files(d)
+            find_recognizer_file(d)
+        except ModelFilesMissing:
+            continue
+        names.append(d.name)
+    return names
+
+
+@functools.lru_cache(maxsize=4)
+def _load(real_path: str, mtime_ns: int, device: str) -> ArcFaceRecognizer:
+    return ArcFaceRecognizer(real_path, device)
+
+
+def load_recognizer(model_path, device: str = "auto") -> ArcFaceRecognizer:
+    """Cached: each model file is loaded once (reloaded when the file changes)."""
+    real = os.path.realpath(os.fspath(model_path))
+    if not os.path.isfile(real):
+        make_session(real, device)  # raises the usual "ONNX model file not found ..." message
+    return _load(real, os.stat(real).st_mtime_ns, device)

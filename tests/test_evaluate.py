@@ -1,0 +1,298 @@
+"""`python -m f2d_core.evaluate` against FAKE ComfyUI servers (tests/fake_comfy.py: real HTTP and
+websocket on loopback, canned behaviour), scored with test-built models: a recogniser whose
+embedding is a known function of the crop and a detector that sees one face in the middle of any
+picture (tests/recognizer_onnx.py), and a tiny random CLIP (tests/tiny_clip.py)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import recognizer_onnx as ro
+from conftest import TOKENIZER_DIR
+from f2d_core import metrics
+from f2d_core.clip_score import ClipEmbedder
+from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing
+from f2d_core.evaluate import main
+from f2d_core.evaluate.jobs import PAPER_PROMPTS, find_faces, read_prompts
+from fake_comfy import FakeComfy, fake_object_info
+
+WORKFLOW = str(Path(__file__).with_name("data") / "f2d_test_workflow.json")
+PROMPTS = ["a photo of f l as a chef", "f l in the snow"]
+
+
+def structured(seed, size=(96, 96)):
+    small = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return cv2.resize(small, size, interpolation=cv2.INTER_CUBIC)
+
+
+def png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rendering(fake):
+    """What the fake server "generates": the uploaded face photo, 64x64, with a band whose colour
+    depends on the prompt text and the seed (so every job has its own image)."""
+    def image(prompt, seed):
+        nodes = prompt.values()
+        name = next(n["inputs"]["image"] for n in nodes if n["class_type"] == "LoadImage")
+        text = next(n["inputs"]["text"] for n in nodes if n["class_type"] == "F2DInjectFaceToken")
+        face = np.asarray(Image.open(io.BytesIO(fake.uploads[name])).convert("RGB").resize((64, 64)))
+        face = face.copy()
+        face[48:, :] = np.frombuffer(hashlib.sha1(f"{text}|{seed}".encode()).digest()[:3], np.uint8)
+        return png(face)
+    fake.image = image
+    return fake
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    if not (TOKENIZER_DIR / "vocab.json").is_file():
+        pytest.skip(f"SD1 CLIP tokenizer files not found at {TOKENIZER_DIR}")
+    from tiny_clip import save_tiny_clip
+    d = tmp_path_factory.mktemp("eval_models")
+    return {"pack": str(ro.make_pack(d / "buffalo_test")), "clip": str(save_tiny_clip(d / "clip", TOKENIZER_DIR))}
+
+
+@pytest.fixture(scope="module")
+def faces_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("faces")
+    Image.fromarray(structured(1)).save(d / "anna.png")
+    Image.fromarray(structured(2)).save(d / "ben.png")
+    return d
+
+
+def evaluate(models, faces_dir, out, servers, *extra, clip=True):
+    argv = ["--faces", str(faces_dir), "--seeds", "2", "--out", str(out), "--workflow", WORKFLOW,
+            "--insightface", models["pack"], "--device", "cpu"] + (["--clip", models["clip"]] if clip else [])
+    for p in PROMPTS:
+        argv += ["--prompt", p]
+    for url in servers:
+        argv += ["--server", url]
+    return main(argv + list(extra))
+
+
+def job(fake_prompt):
+    nodes = fake_prompt.values()
+    text = next(n["inputs"]["text"] for n in nodes if n["class_type"] == "F2DInjectFaceToken")
+    seed = next(n["inputs"]["seed"] for n in nodes if n["class_type"] == "KSampler")
+    face = next(n["inputs"]["image"] for n in nodes if n["class_type"] == "LoadImage").rsplit("-", 1)[1]
+    return face, text, seed
+
+
+@pytest.fixture(scope="module")
+def two_servers_one_dying(models, faces_dir, tmp_path_factory):
+    """2 faces x 2 prompts x 2 seeds + 4 reference images = 12 jobs; server A takes 2, accepts a
+    3rd and dies with it."""
+    out = tmp_path_factory.mktemp("eval") / "out"
+    capture = tmp_path_factory.mktemp("log") / "stderr.txt"
+    import contextlib
+    import sys
+    with FakeComfy(die_after=2, run_delay=0.1) as a, FakeComfy(run_delay=0.1) as b:
+        rendering(a), rendering(b)
+        with open(capture, "w") as err, contextlib.redirect_stderr(err):
+            rc = evaluate(models, faces_dir, out, [a.url, b.url])
+        sys.stderr.flush()
+    return {"rc": rc, "out": out, "a": a, "b": b, "stderr": capture.read_text()}
+
+
+def test_two_servers_share_the_jobs_and_the_dying_servers_job_is_made_by_the_other(two_servers_one_dying):
+    r = two_servers_one_dying
+    assert r["rc"] == 0, r["stderr"]
+    a, b = r["a"], r["b"]
+    assert len(a.prompts) == 3 and len(b.prompts) == 10
+    lost = job(a.prompts[2])
+    assert lost in [job(p) for p in b.prompts]  # retried elsewhere
+    assert f"server {a.url} dropped" in r["stderr"] and "cannot reach ComfyUI" in r["stderr"]
+    manifest = [json.loads(x) for x in (r["out"] / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 12 and {m["server"] for m in manifest} == {a.url, b.url}
+    assert sum(m["server"] == a.url for m in manifest) == 2
+
+
+def test_every_image_is_the_one_rendered_for_its_face_prompt_and_seed(two_servers_one_dying):
+    out, b = two_servers_one_dying["out"], two_servers_one_dying["b"]
+    files = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
+    assert files == sorted(f"{f}/{f}_{w}_{s}.png" for f in ("anna", "ben") for w in ("ref", "00", "01") for s in (0, 1))
+    for prompt in b.prompts:
+        face, text, seed = job(prompt)
+        which = "ref" if text == "a photo of f l" else f"{PROMPTS.index(text):02d}"
+        label = face.rsplit(".", 1)[0]
+        saved = np.asarray(Image.open(out / "images" / label / f"{label}_{which}_{seed}.png"))
+        np.testing.assert_array_equal(saved, np.asarray(Image.open(io.BytesIO(b.image(prompt, seed)))))
+
+
+def test_outputs_are_written(two_servers_one_dying):
+    out = two_servers_one_dying["out"]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 8 and {r["face"] for r in rows} == {"anna", "ben"}
+    assert list(rows[0])[:6] == ["face", "prompt_index", "prompt", "seed", "file", "face_found"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 8 and summary["detection_rate"] == 1.0 and summary["seeds"] == [0, 1]
+    assert set(summary["mean"]) == {"identity", "clip_t", "clip_i", "clip_dir", "hmean_t", "gmean_t",
+                                    "hmean_dir", "gmean_dir"}
+    assert summary["upper_bound"]["n"] == [1, 2] and summary["upper_bound"]["rank_by"] == "hmean_t"
+    assert set(summary["per_face"]) == {"anna", "ben"}
+    for face in ("anna", "ben"):
+        with Image.open(out / "grids" / f"{face}.jpg") as g:
+            assert g.size == (220 + 2 * 160, 3 * 176)  # reference row + 2 prompts, 2 seeds
+    pytest.importorskip("matplotlib")
+    assert (out / "upper_bound.png").is_file() and summary["files"]["plot"] == "upper_bound.png"
+
+
+def test_scores_are_the_metrics_of_the_saved_images(two_servers_one_dying, models, faces_dir):
+    """Recomputed from the files with the models directly: identity from the known embedding
+    function, CLIP-T on the prompt with 'f l' read as 'a person', directional CLIP from the
+    same face's reference image of the same seed and 'A photo of a person'."""
+    out = two_servers_one_dying["out"]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    clip = ClipEmbedder(models["clip"])
+    from f2d_core.similarity import load_identity_scorer
+    scorer = load_identity_scorer(models["pack"], device="cpu")
+
+    def crop_embedding(rgb):
+        face = scorer.detector.detect(rgb)[0]
+        return ro.colour_embedding([scorer.recognizer.align(rgb, face.landmarks5)])[0]
+
+    neutral = clip.texts(["A photo of a person"])[0]
+    for r in rows:
+        image = np.asarray(Image.open(out / r["file"]).convert("RGB"))
+        photo = np.asarray(Image.open(faces_dir / f"{r['face']}.png").convert("RGB"))
+        identity = max(0.0, metrics.cosine(crop_embedding(photo), crop_embedding(image)))
+        assert float(r["identity"]) == pytest.approx(identity, abs=1e-5)
+        text = clip.texts([r["prompt"].replace("f l", "a person")])[0]
+        img = clip.images([image])[0]
+        assert float(r["clip_t"]) == pytest.approx(float(img @ text), abs=1e-5)
+        ref = clip.images([np.asarray(Image.open(out / "images" / r["face"] / f"{r['face']}_ref_{r['seed']}.png")
+                                      .convert("RGB"))])[0]
+        assert float(r["clip_dir"]) == pytest.approx(metrics.cosine(img - ref, text - neutral), abs=1e-5)
+        assert float(r["hmean_t"]) == pytest.approx(float(metrics.harmonic_mean(identity, float(img @ text))), abs=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mean"]["identity"] == pytest.approx(np.mean([float(r["identity"]) for r in rows]), abs=1e-6)
+    assert summary["upper_bound"]["identity"][0] == pytest.approx(summary["mean"]["identity"])  # N=1 is the mean
+    assert summary["mean"]["identity"] > 0.3  # the generated images keep the face photo's colours
+
+
+def test_resume_after_interruption_makes_only_what_is_missing(models, faces_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with FakeComfy(die_after=5) as dying:
+        rendering(dying)
+        assert evaluate(models, faces_dir, out, [dying.url], clip=False) == 2
+    err = capsys.readouterr().err
+    assert "7 image(s) were not made" in err and "run the same command again" in err
+    made = sorted(p.name for p in (out / "images").rglob("*.png"))
+    assert len(made) == 5 and not (out / "results.csv").exists()
+    assert not list((out / "images").rglob("*.part"))
+    with FakeComfy() as fresh:
+        rendering(fresh)
+        assert evaluate(models, faces_dir, out, [fresh.url], clip=False) == 0, capsys.readouterr().err
+    assert len(fresh.prompts) == 7  # only the missing ones
+    assert len(list((out / "images").rglob("*.png"))) == 12
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 8
+    # nothing left to make: no server is even needed to score again
+    assert evaluate(models, faces_dir, out, ["http://127.0.0.1:9"], clip=False) == 0
+    assert "all 12 image(s) already made" in capsys.readouterr().err
+
+
+def test_a_rerun_with_other_settings_into_the_same_folder_is_refused(models, faces_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with FakeComfy() as fake:
+        rendering(fake)
+        assert evaluate(models, faces_dir, out, [fake.url], "--generate-only") == 0
+        assert evaluate(models, faces_dir, out, [fake.url], "--steps", "5") == 2
+    err = capsys.readouterr().err
+    assert "holds images made with other settings" in err and "steps: None before, 5 now" in err
+    assert "Use another --out folder" in err
+
+
+def test_a_server_without_the_models_is_dropped_and_the_other_does_everything(models, faces_dir, tmp_path, capsys):
+    with FakeComfy(object_info=fake_object_info(checkpoints=["other.safetensors"])) as bare, FakeComfy() as full:
+        rendering(full)
+        rc = evaluate(models, faces_dir, tmp_path / "out", [bare.url, full.url], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert not bare.prompts and len(full.prompts) == 12
+    assert f"server {bare.url} dropped" in err and "'sd15.safetensors' for CheckpointLoaderSimple" in err
+
+
+def test_a_server_that_hangs_is_interrupted_and_its_job_made_elsewhere(models, faces_dir, tmp_path, capsys):
+    with FakeComfy(run_delay=30) as stuck, FakeComfy() as ok:
+        rendering(ok)
+        rc = evaluate(models, faces_dir, tmp_path / "out", [stuck.url, ok.url], "--generate-only", "--timeout", "1")
+        assert rc == 0, capsys.readouterr().err
+        assert len(stuck.prompts) == 1 and stuck.interrupts == 1 and len(ok.prompts) == 12
+    assert "did not finish within 1 s" in capsys.readouterr().err
+    assert len(list((tmp_path / "out" / "images").rglob("*.png"))) == 12
+
+
+def test_a_workflow_error_stops_the_run_with_the_nodes_message(models, faces_dir, tmp_path, capsys):
+    with FakeComfy(fail_class="F2DInjectFaceToken") as a, FakeComfy(fail_class="F2DInjectFaceToken") as b:
+        rc = evaluate(models, faces_dir, tmp_path / "out", [a.url, b.url], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ComfyUI failed in node 5 (F2DInjectFaceToken): ValueError: placeholder" in err
+    assert len(a.prompts) + len(b.prompts) <= 2  # stopped, not retried on every server
+
+
+def test_no_reachable_server_is_a_clear_error(models, faces_dir, tmp_path, capsys):
+    rc = evaluate(models, faces_dir, tmp_path / "out", ["http://127.0.0.1:9"], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ComfyUI at http://127.0.0.1:9 failed: cannot reach ComfyUI" in err
+    assert "12 image(s) were not made" in err
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+def test_the_shipped_paper_prompt_file_says_why_it_is_empty():
+    with pytest.raises(F2DError, match=r"paper_prompts.txt holds no prompts: the 40 prompts of the paper's Table 7 "
+                                       r"could not be obtained(.|\n)*--prompts FILE"):
+        read_prompts([], [])
+    text = Path(PAPER_PROMPTS).read_text()
+    assert "THIS FILE HOLDS NO PROMPTS YET" in text
+
+
+def test_every_prompt_needs_the_identifier(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("# comment\nf l as a chef\n\na photo of a dog\nfl skiing\n")
+    with pytest.raises(F2DError, match=r"needs the words 'f l'(.|\n)*2 do\(es\) not: 'a photo of a dog'; 'fl skiing'"):
+        read_prompts([str(f)], [])
+    assert read_prompts([], ["f l, oil painting"]) == ["f l, oil painting"]
+
+
+def test_faces_are_photos_or_folders_of_photos(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "zoe smith.jpg")
+    (tmp_path / "yan").mkdir()
+    for n in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "yan" / n)
+    (tmp_path / "notes.txt").write_text("x")
+    faces = find_faces(str(tmp_path))
+    assert [(f.label, [os.path.basename(p) for p in f.photos]) for f in faces] == [
+        ("yan", ["a.png", "b.png"]), ("zoe_smith", ["zoe smith.jpg"])]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(F2DError, match="no photos found"):
+        find_faces(str(tmp_path / "empty"))
+
+
+def test_clip_folder_errors_say_what_a_clip_folder_holds(tmp_path, models):
+    with pytest.raises(ModelFilesMissing, match="has no config.json.*transformers CLIP model.*Nothing is downloaded"):
+        ClipEmbedder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(CheckpointError, match="could not be loaded as a CLIP model"):
+        ClipEmbedder(tmp_path)
+
+
+def test_clip_embeddings_are_normalised_and_deterministic(models):
+    clip = ClipEmbedder(models["clip"])
+    t = clip.texts(["a photo of a person", "a person in the snow", "a photo of a person"])
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(t[0], t[2], atol=1e-6)
+    i = clip.images([structured(1), structured(2)])
+    assert i.shape == (2, 16) and not np.allclose(i[0], i[1])
