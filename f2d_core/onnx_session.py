@@ -58,6 +58,10 @@ def make_session(model_path, device: str = "auto"):
             f"and check the file name.")
     opts = onnxruntime.SessionOptions()
     opts.log_severity_level = 3  # errors only, as insightface does
+    # onnxruntime's CPU threads otherwise keep spinning after each run and take the cores from
+    # what comes next (resizing the next photo, the MSID encoder): measured 1.4x slower
+    # detection and 1.6x slower encoding right after it on 2 cores (benchmarks/RESULTS.md)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return onnxruntime.InferenceSession(path, sess_options=opts, providers=_providers(device))
     except F2DError:

@@ -36,6 +36,28 @@ def tokenize(tokenizer, prompt: str) -> dict:
     return {"l": chunks}
 
 
+def clip_text_model(state_dict, config: dict):
+    """A transformers CLIPTextModel in eval mode from a state dict, without a random init first.
+
+    Keys may carry transformers 4.x names (`text_model.` prefix, as SD1.4 and the parity recipe)
+    or 5.x names; the int64 `position_ids` buffer is rebuilt rather than read. `config` holds
+    CLIPTextConfig keyword arguments (e.g. the parity recipe's CLIP_TEXT_CONFIG)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(**config))
+    keys = set(model.state_dict())
+    sd = {}
+    for k, v in state_dict.items():
+        for cand in (k, k.removeprefix("text_model."), "text_model." + k):
+            if cand in keys:
+                sd[cand] = v
+    model.load_state_dict(sd, strict=True, assign=True)
+    # non-persistent buffers are not in a state dict: rebuild them off the meta device
+    emb = text_transformer(model).embeddings
+    emb.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None], persistent=False)
+    return model.eval().requires_grad_(False)
+
+
 def encode_token_chunks(model, chunks) -> torch.Tensor:
     """(1, 77*k, 768) last hidden state (after final_layer_norm) of k token chunks."""
     tt = text_transformer(model)

@@ -67,20 +67,8 @@ def tokenizer():
 
 def build_clip_text(state_dict, config: dict):
     """transformers CLIPTextModel from a recipe-format state dict, without a random init."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-    with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(**config))
-    keys = set(model.state_dict())
-    sd = {}
-    for k, v in state_dict.items():
-        for cand in (k, k.removeprefix("text_model."), "text_model." + k):
-            if cand in keys:
-                sd[cand] = v
-    model.load_state_dict(sd, strict=True, assign=True)
-    # non-persistent buffers are not in a state dict: rebuild them off the meta device
-    emb = getattr(model, "text_model", model).embeddings
-    emb.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None], persistent=False)
-    return model.eval().requires_grad_(False)
+    from f2d_core.text_encoder import clip_text_model
+    return clip_text_model(state_dict, config)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,181 @@
+"""Tiny synthetic ONNX models in insightface's formats, for the tests and the benchmark.
+
+Built with onnx.helper, so this module needs the `onnx` package, which the node pack
+itself never needs (only `python -m f2d_core bench` and the tests import this file).
+
+SCRFD-format detector: the graph of det_10g.onnx seen from outside (input "input.1"
+[1, 3, ?, ?], outputs 448/471/494 scores, 451/474/497 boxes, 454/477/500 keypoints for
+strides 8/16/32, two anchors per location, rows ordered (y, x, anchor)); the 15-output
+5-stride, one-anchor layout is available too. Its outputs are simple functions of
+the input picture, average-pooled over each stride's cell:
+- score = red / 255, gated by green: every stride owns a green level (STRIDE_GREEN), and a
+  cell fires only at the stride whose green it carries. So a square painted exactly over one
+  cell of stride s, with red R and green STRIDE_GREEN[s], is one face of score R / 255.
+- the box (BOX_DIST, in stride units from the anchor at the cell's top-left corner) and the
+  keypoints (KPS_OFFSET) are scaled by 1 + 2 * blue / 255.
+- the second anchor of a location scores 0.9x with a 1.1x box, so NMS must remove it.
+The 1k3d68-format landmark model maps 4x4 average-pooled colours linearly to 3309 values
+whose last 68 (x, y, z) rows are a face-like layout plus a colour-dependent offset.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["DET10G_OUTPUT_NAMES", "BOX_DIST", "KPS_OFFSET", "SECOND_ANCHOR_SCORE", "SECOND_ANCHOR_BOX",
+           "STRIDE_GREEN", "strides_for", "stride_green", "scrfd_model", "landmark68_model",
+           "recognition_model", "paint_face", "save"]
+
+DET10G_OUTPUT_NAMES = ["448", "471", "494", "451", "474", "497", "454", "477", "500"]
+BOX_DIST = np.array([0.5, 0.25, 1.5, 1.75], np.float32)  # left, top, right, bottom
+KPS_OFFSET = np.array([[0.1, 0.4], [0.9, 0.4], [0.5, 0.7], [0.2, 1.1], [0.8, 1.1]], np.float32)
+SECOND_ANCHOR_SCORE, SECOND_ANCHOR_BOX = 0.9, 1.1
+OPSET = 13
+
+
+def strides_for(levels: int) -> tuple:
+    return (8, 16, 32) if levels == 3 else (8, 16, 32, 64, 128)
+
+
+def stride_green(levels: int = 3) -> dict:
+    """Green level (0..255) that makes a cell a face at each stride."""
+    n = levels - 1
+    return {s: int(round(255 * i / n)) for i, s in enumerate(strides_for(levels))}
+
+
+STRIDE_GREEN = stride_green(3)
+
+
+def _const(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def scrfd_model(levels: int = 3, keypoints: bool = True, batched: bool = False) -> onnx.ModelProto:
+    """levels=3: det_10g's 9 outputs (6 without keypoints); levels=5: 15 (10) outputs."""
+    strides = strides_for(levels)
+    anchors = 2 if levels == 3 else 1
+    green = stride_green(levels)
+    gate_gain = 2.0 * (levels - 1)  # gate is 0 at the neighbouring strides' green levels
+    nodes, inits = [], [_const("to_unit_mul", 128.0 / 255.0), _const("to_unit_add", 127.5 / 255.0),
+                        _const("one", 1.0), _const("zero", 0.0), _const("two", 2.0),
+                        _const("gain", gate_gain)]
+    outs = {"score": [], "box": [], "kps": []}
+
+    def add(op, inputs, output, **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    for s in strides:
+        p = add("AveragePool", ["input.1"], f"pool{s}", kernel_shape=[s, s], strides=[s, s])
+        u = add("Add", [add("Mul", [p, "to_unit_mul"], f"scaled{s}"), "to_unit_add"], f"unit{s}")
+        r, g, b = f"r{s}", f"g{s}", f"b{s}"
+        nodes.append(helper.make_node("Split", [u], [r, g, b], name=f"split{s}", axis=1))
+        inits.append(_const(f"green{s}", green[s] / 255.0))
+        dist = add("Abs", [add("Sub", [g, f"green{s}"], f"gdiff{s}")], f"gabs{s}")
+        gate = add("Clip", [add("Sub", ["one", add("Mul", [dist, "gain"], f"gmul{s}")], f"graw{s}"),
+                            "zero", "one"], f"gate{s}")
+        score0 = add("Mul", [r, gate], f"score{s}_a0")
+        factor = add("Add", ["one", add("Mul", [b, "two"], f"b2_{s}")], f"size{s}")
+        per_anchor = {"score": [1.0, SECOND_ANCHOR_SCORE][:anchors],
+                      "box": np.concatenate([BOX_DIST * k for k in [1.0, SECOND_ANCHOR_BOX][:anchors]]),
+                      "kps": np.concatenate([KPS_OFFSET.reshape(-1) * k
+                                             for k in [1.0, SECOND_ANCHOR_BOX][:anchors]])}
+        for kind, width in (("score", 1), ("box", 4), ("kps", 10)):
+            inits.append(_const(f"{kind}_k{s}", np.asarray(per_anchor[kind]).reshape(1, -1, 1, 1)))
+            src = score0 if kind == "score" else factor
+            head = add("Mul", [src, f"{kind}_k{s}"], f"{kind}{s}_head")  # [1, anchors*width, h, w]
+            hwc = add("Transpose", [head], f"{kind}{s}_hwc", perm=[0, 2, 3, 1])
+            shape = [1, -1, width] if batched else [-1, width]
+            inits.append(numpy_helper.from_array(np.array(shape, np.int64), f"{kind}{s}_shape"))
+            outs[kind].append((add("Reshape", [hwc, f"{kind}{s}_shape"], f"{kind}{s}_rows"), width))
+    kinds = ["score", "box", "kps"] if keypoints else ["score", "box"]
+    ordered = [o for k in kinds for o in outs[k]]
+    names = DET10G_OUTPUT_NAMES if (levels == 3 and keypoints) else [f"out{i}" for i in range(len(ordered))]
+    outputs = []
+    for (src, width), name in zip(ordered, names):
+        nodes.append(helper.make_node("Identity", [src], [name], name=f"id_{name}"))
+        shape = [1, f"n_{name}", width] if batched else [f"n_{name}", width]
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    graph = helper.make_graph(
+        nodes, "scrfd_synthetic",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])], outputs, inits)
+    return _finish(graph)
+
+
+def landmark68_model(normalises_inside: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """1k3d68 format: input "data" [N, 3, 192, 192], output "fc1" [N, 3309]. With
+    normalises_inside the graph starts with nodes named Sub/Mul, the mxnet-export sign that
+    makes insightface feed raw 0..255 pixels (mean 0, std 1) instead of (x - 127.5) / 128."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "data"
+    if normalises_inside:
+        inits += [_const("mean", 127.5), _const("inv_std", 1.0 / 128.0)]
+        nodes += [helper.make_node("Sub", [x, "mean"], ["centred"], name="Sub_0"),
+                  helper.make_node("Mul", ["centred", "inv_std"], ["normed"], name="Mul_1")]
+        x = "normed"
+    # face-like layout in crop units [-1, 1]: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
+    t = np.linspace(-1, 1, 17)
+    layout = np.concatenate([
+        np.stack([0.6 * t, 0.1 + 0.5 * (1 - t ** 2) ** 0.5], 1),
+        np.stack([np.linspace(-0.5, -0.1, 5), np.full(5, -0.35)], 1),
+        np.stack([np.linspace(0.1, 0.5, 5), np.full(5, -0.35)], 1),
+        np.stack([np.zeros(4), np.linspace(-0.2, 0.05, 4)], 1),
+        np.stack([np.linspace(-0.1, 0.1, 5), np.full(5, 0.1)], 1),
+        np.stack([-0.3 + 0.1 * np.cos(np.linspace(0, 2 * np.pi, 7)[:6]),
+                  -0.2 + 0.04 * np.sin(np.linspace(0, 2 * np.pi, 7)[:6])], 1),
+        np.stack([0.3 + 0.1 * np.cos(np.linspace(0, 2 * np.pi, 7)[:6]),
+                  -0.2 + 0.04 * np.sin(np.linspace(0, 2 * np.pi, 7)[:6])], 1),
+        np.stack([0.25 * np.cos(np.linspace(0, 2 * np.pi, 21)[:20]),
+                  0.3 + 0.08 * np.sin(np.linspace(0, 2 * np.pi, 21)[:20])], 1),
+    ])
+    bias = rng.normal(0, 0.5, (1103, 3))
+    bias[-68:, :2] = layout
+    weight = rng.normal(0, 0.05, (48, 3309))  # 3 colours x 4 x 4 pooled cells
+    inits += [_const("w", weight), _const("bias", bias.reshape(-1)),
+              numpy_helper.from_array(np.array([-1, 48], np.int64), "flat")]
+    nodes += [helper.make_node("AveragePool", [x], ["pooled"], name="pool", kernel_shape=[48, 48], strides=[48, 48]),
+              helper.make_node("Reshape", ["pooled", "flat"], ["flat_pooled"], name="flatten"),
+              helper.make_node("MatMul", ["flat_pooled", "w"], ["mm"], name="fc"),
+              helper.make_node("Add", ["mm", "bias"], ["fc1"], name="fc_bias")]
+    graph = helper.make_graph(
+        nodes, "landmark_1k3d68_synthetic",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 192, 192])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 3309])], inits)
+    return _finish(graph)
+
+
+def recognition_model() -> onnx.ModelProto:
+    """Stand-in for w600k_r50.onnx: [N, 3, 112, 112] -> [N, 512]; one output, so not a detector."""
+    inits = [_const("w", np.zeros((3, 512))), numpy_helper.from_array(np.array([-1, 3], np.int64), "flat")]
+    nodes = [helper.make_node("GlobalAveragePool", ["input.1"], ["p"]),
+             helper.make_node("Reshape", ["p", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["683"])]
+    graph = helper.make_graph(
+        nodes, "recognition_synthetic",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])], inits)
+    return _finish(graph)
+
+
+def _finish(graph) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime a ComfyUI user may have
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def paint_face(image, stride, cx, cy, red=255, blue=0, scale=1.0):
+    """Paint one face for `scrfd_model()` into `image` (uint8 RGB, in place): a square over
+    cell (cx, cy) of `stride` in detector pixels, `scale` detector pixels per source pixel
+    (640 / longer side for a det_size-640 detector and a square image)."""
+    s = stride
+    x0, x1 = round(cx * s / scale), round((cx + 1) * s / scale)
+    y0, y1 = round(cy * s / scale), round((cy + 1) * s / scale)
+    image[y0:y1, x0:x1] = (red, STRIDE_GREEN[s], blue)
+    return image

@@ -1,0 +1,116 @@
+"""The shortcuts taken for speed compute what the plain forms compute (fp32, atol 1e-5)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from f2d_core import msid
+from f2d_core.images import to_rgb_uint8
+from f2d_core.msid import TAPS, Block, MSIDEncoder
+from f2d_core.precision import probe_pixels
+
+
+def close(a, b, atol=1e-5):
+    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def test_the_last_tapped_block_computes_only_the_cls_row_but_the_same_value():
+    torch.manual_seed(0)
+    block = Block().eval()
+    x = torch.randn(3, 197, 384)
+    with torch.inference_mode():
+        close(block.forward_cls(x), block(x)[:, :1])
+
+
+def test_msid_equals_running_every_block_in_full():
+    torch.manual_seed(0)
+    msid = MSIDEncoder().eval()
+    for norm in msid.norms.values():
+        norm[0].running_var.uniform_(0.5, 1.5)
+    pixels = probe_pixels(2)
+    with torch.inference_mode():
+        x, taps = msid.tokens(pixels), []
+        for i, block in enumerate(msid.blocks):
+            x = block(x)
+            if i in TAPS:
+                taps.append(msid.norms[f"layer_{i}"](x[:, 0]))
+        close(msid(pixels), torch.cat(taps, 1))
+
+
+def test_encode_is_features_then_tokens_in_one_call(encoder, parity):
+    E, _ = parity
+    features, s1, s2 = encoder.encode(E["input.pixel_values"])
+    close(features, encoder.identity_features(E["input.pixel_values"]))
+    t1, t2 = encoder.face_tokens(features)
+    close(s1, t1)
+    close(s2, t2)
+
+
+def test_cuda_graphs_are_ignored_off_cuda(encoder):
+    pixels = probe_pixels(2)
+    for a, b in zip(encoder.encode(pixels, cuda_graph=True), encoder.encode(pixels)):
+        assert torch.equal(a, b)
+    assert not encoder._graphs
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_the_fused_cpu_linear_equals_f_linear(gelu):
+    torch.manual_seed(0)
+    layer = nn.Linear(384, 1536)
+    x = torch.randn(2, 197, 384)
+    with torch.inference_mode():
+        want = F.linear(x, layer.weight, layer.bias)
+        close(msid.linear(x, layer.weight, layer.bias, gelu=gelu), F.gelu(want) if gelu else want)
+        close(msid.linear(x[:, :1], layer.weight[:5], layer.bias[:5]), want[:, :1, :5])  # views
+
+
+def test_the_fused_cpu_linear_is_used_where_onednn_exists():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    with torch.inference_mode():
+        msid.linear(torch.randn(4, 8), torch.randn(3, 8), torch.randn(3))
+    assert msid._onednn_linear, "torch.ops.mkldnn._linear_pointwise failed, so MSID runs the slower path"
+
+
+def test_gradients_still_flow_through_msid():
+    torch.manual_seed(0)
+    model = MSIDEncoder().eval()
+    pixels = probe_pixels(1).requires_grad_()
+    model(pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_onnxruntime_threads_do_not_spin_after_a_run(tmp_path):
+    from f2d_core import synthetic_onnx as so
+    from f2d_core.onnx_session import make_session
+    session = make_session(so.save(so.scrfd_model(), tmp_path / "det.onnx"), "cpu")
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_float_images_convert_exactly_as_clip_scale_round():
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 48, 3), dtype=np.float32) * 1.4 - 0.2  # some values outside 0..1
+    img[0, :4, 0] = np.array([0.5, 1.5, 2.5, 254.5], np.float32) / 255  # ties round to even
+    want = np.rint(np.clip(img, 0, 1) * np.float32(255)).astype(np.uint8)
+    assert np.array_equal(to_rgb_uint8(img), want)
+    assert np.array_equal(to_rgb_uint8(torch.from_numpy(img)[None]), want)
+    assert np.array_equal(to_rgb_uint8(img.astype(np.float64)), want)
+
+
+def test_large_cpu_batches_are_encoded_in_chunks_with_the_same_result(encoder):
+    from f2d_core.encoder import CPU_CHUNK
+    pixels = probe_pixels(CPU_CHUNK + 3)
+    with torch.inference_mode():
+        whole = encoder.msid(pixels)
+    close(encoder.identity_features(pixels), whole)
+
+
+def test_a_private_op_that_computes_something_else_is_not_used(monkeypatch):
+    """Another torch may keep the op's name but change its meaning: the self-check must catch it."""
+    monkeypatch.setattr(msid, "_onednn_linear", None)
+    monkeypatch.setattr(msid, "_onednn_fused", lambda x, w, b, gelu: F.linear(x, w, b) + 1)
+    x, layer = torch.randn(2, 5, 16), nn.Linear(16, 8)
+    with torch.inference_mode():
+        close(msid.linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias))
+    assert msid._onednn_linear is False
