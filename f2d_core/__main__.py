@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from .cli import run_command
 from .errors import F2DError
 
 
@@ -93,11 +94,7 @@ def main(argv=None) -> int:
         from .bench import main as bench_main
         return bench_main(argv[1:])
     args = ap.parse_args(argv)
-    try:
-        return args.fn(args)
-    except F2DError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args.fn, args)
 
 
 if __name__ == "__main__":

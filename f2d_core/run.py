@@ -29,6 +29,7 @@ import time
 
 from .comfy_client import ComfyClient, output_images
 from .comfy_server import guess_python, start_server
+from .cli import run_command
 from .errors import F2DError
 from .faces import check_face_count, face_loaders, face_uploads, place_faces
 from .model_check import check_models
@@ -250,15 +251,7 @@ def run(args) -> int:
 
 
 def main(argv=None, prog: str = "python -m f2d_core.run") -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return run(args)
-    except F2DError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import CheckpointError
 from .inject import BOS, EOS
 
 CHUNK = 77
@@ -36,12 +37,13 @@ def tokenize(tokenizer, prompt: str) -> dict:
     return {"l": chunks}
 
 
-def clip_text_model(state_dict, config: dict):
+def clip_text_model(state_dict, config: dict, source: str = "the text encoder weights"):
     """A transformers CLIPTextModel in eval mode from a state dict, without a random init first.
 
     Keys may carry transformers 4.x names (`text_model.` prefix, as SD1.4 and the parity recipe)
     or 5.x names; the int64 `position_ids` buffer is rebuilt rather than read. `config` holds
-    CLIPTextConfig keyword arguments (e.g. the parity recipe's CLIP_TEXT_CONFIG)."""
+    CLIPTextConfig keyword arguments (e.g. the parity recipe's CLIP_TEXT_CONFIG). Missing weights
+    raise a CheckpointError naming `source`."""
     from transformers import CLIPTextConfig, CLIPTextModel
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig(**config))
@@ -51,6 +53,10 @@ def clip_text_model(state_dict, config: dict):
         for cand in (k, k.removeprefix("text_model."), "text_model." + k):
             if cand in keys:
                 sd[cand] = v
+    missing = keys - sd.keys()
+    if missing:
+        raise CheckpointError(f"{source}: its text encoder is not SD1.x's CLIP ViT-L/14 ({len(missing)} weights "
+                              f"missing, e.g. {sorted(missing)[:2]}).")
     model.load_state_dict(sd, strict=True, assign=True)
     # non-persistent buffers are not in a state dict: rebuild them off the meta device
     emb = text_transformer(model).embeddings

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("F2D_SHARED", REPO.parent / "shared"))

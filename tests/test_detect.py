@@ -239,10 +239,6 @@ def test_alignment_points_use_the_official_68_to_5_reduction(models):
     img = np.zeros((640, 640, 3), np.uint8)
     paint(img, 16, 10, 10)
     (face,) = FaceDetector(models["scrfd"], models["lmk"], device="cpu").detect(img)
-    try:
-        import f2d_core.align  # noqa: F401
-    except ImportError:
-        pytest.skip("f2d_core/align.py (landmarks68_to_5) is not written yet")
     p = face.landmarks68
     official = np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
     np.testing.assert_allclose(face.alignment_points(), official, atol=1e-5)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 from .. import run as runner
 from ..detect import find_detector_files
+from ..cli import run_command
 from ..errors import F2DError
 from ..recognize import find_recognizer_file
 from ..workflow import load_workflow
@@ -180,12 +181,5 @@ def run(args) -> int:
 
 
 def main(argv=None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return run(args)
-    except F2DError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the finished images are kept; run the same command again to continue", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser(prog).parse_args(argv),
+                       "interrupted: the finished images are kept; run the same command again to continue")

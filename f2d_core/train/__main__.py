@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from f2d_core.errors import F2DError
+from ..cli import run_command
 
 
 def _common(p, steps_default, batch_default, lr_default, workers_default):
@@ -159,11 +159,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("diffusers", "transformers", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return args.fn(args)
-    except F2DError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args.fn, args)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ class RandomIdentities(torch.utils.data.Dataset):
 
 
 def _mapping_trainer(args, out, device):
-    from f2d_core.expression import ExpressionRegressor, ReconNet
-    from f2d_core.msid import MSIDEncoder
+    from ..expression import ExpressionRegressor, ReconNet
+    from ..msid import MSIDEncoder
 
     from .expression import RegressorExpression
     from .mapping_trainer import Components, MappingConfig, MappingTrainer

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from f2d_core import inject
-from f2d_core.errors import F2DError
-from f2d_core.text_encoder import encode_token_chunks, position_embedding
+from .. import inject
+from ..errors import F2DError
+from ..text_encoder import encode_token_chunks, position_embedding
 
 BOS, EOS = inject.BOS, inject.EOS
 TRAIN_PROMPT = "a photo of f l"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from f2d_core.errors import F2DError, NoFaceError
+from ..errors import F2DError, NoFaceError
 
 from .crops import sd_crop_matrix, warp
 from .masks import landmark_mask
@@ -41,7 +41,7 @@ class FaceRecord:
     def alignment_points(self) -> np.ndarray:  # same rule as detect.Face
         if self.landmarks68 is None:
             return self.landmarks5
-        from f2d_core.align import landmarks68_to_5
+        from ..align import landmarks68_to_5
         return landmarks68_to_5(self.landmarks68)
 
 
@@ -80,7 +80,7 @@ def _user_landmarks(path: str) -> dict:
         pts = v if isinstance(v, list) else v.get("landmarks68") or v.get("landmarks5")
         a = np.asarray(pts, np.float32)
         if a.shape == (68, 2):
-            from f2d_core.align import landmarks68_to_5
+            from ..align import landmarks68_to_5
             out[rel] = {"landmarks5": landmarks68_to_5(a).tolist(), "landmarks68": a.tolist()}
         elif a.shape == (5, 2):
             out[rel] = {"landmarks5": a.tolist(), "landmarks68": None}
@@ -94,7 +94,7 @@ def build_index(root: str, detector=None, landmarks_file: str | None = None, cac
     """One FaceRecord per photo with a face. Landmarks come from `landmarks_file` when it lists
     the photo, else from `detector` (cached in `cache_path`, reused while the photo's size and
     mtime are unchanged). Photos without a face are left out and counted in the log."""
-    from f2d_core.detect import select_face
+    from ..detect import select_face
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise F2DError(f"{root}: the data folder does not exist.")
@@ -217,7 +217,7 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
-        from f2d_core.align import align_face
+        from ..align import align_face
         rec = self.records[index]
         rgb = read_rgb(os.path.join(self.root, rec.path))
         m = self.crop_matrix(rec, rgb.shape)
@@ -225,7 +225,7 @@ class FaceDataset(torch.utils.data.Dataset):
                "id": align_face(rgb, rec.alignment_points(), rec.path)[0],
                "mask": landmark_mask(rec.landmarks5, rec.landmarks68, m, self.size)}
         if self.expression_crops:
-            from f2d_core.expression import align_for_recon, recon_points
+            from ..expression import align_for_recon, recon_points
             out["exp"] = align_for_recon(rgb, recon_points(rec), rec.path)[0]
         if flip:
             out = {k: v[:, ::-1] for k, v in out.items()}
@@ -265,7 +265,7 @@ class AlignedFaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
-        from f2d_core.align import ALIGNED_SIZE, align_face
+        from ..align import ALIGNED_SIZE, align_face
         rec = self.records[index]
         rgb = read_rgb(os.path.join(self.root, rec.path))
         if rgb.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from f2d_core.errors import F2DError
+from ..errors import F2DError
 
 INSTALL = ("pip install -r requirements-train.txt  (from the repository root, in the Python environment that "
            "has torch; it installs diffusers, matplotlib and tqdm and never touches torch)")

@@ -21,7 +21,7 @@ class RegressorExpression:
     """ExpressionEncoder on top of f2d_core.expression's ExpressionRegressor."""
 
     def __init__(self, regressor):
-        from f2d_core.expression import EXP_SLICE
+        from ..expression import EXP_SLICE
         self.regressor = regressor
         self.slice = EXP_SLICE
 
@@ -32,5 +32,5 @@ class RegressorExpression:
 
 def load_expression(path, device="cpu") -> ExpressionEncoder:
     """Deep3DFaceRecon's epoch_20.pth (or its .safetensors), as the engine loads it."""
-    from f2d_core.expression import load_expression_model
+    from ..expression import load_expression_model
     return RegressorExpression(load_expression_model(path, device=device))

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from f2d_core.errors import F2DError
+from ..errors import F2DError
 
 from . import runtime
 from .state import STATE_FILE, load_state, save_state

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from f2d_core.errors import F2DError
+from ..errors import F2DError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from f2d_core.errors import CheckpointError
+from ..errors import CheckpointError
+from ..text_encoder import clip_text_model
 
 from .deps import require
 
@@ -129,33 +130,6 @@ def _build(cls, config: dict, sd: dict, what: str, path: str):
     return model
 
 
-def _clip_state(sd: dict, model_keys) -> dict:
-    # transformers 4.x names keys text_model.*, 5.x drops the prefix; accept either
-    out = {}
-    for k, v in sd.items():
-        for cand in (k, k.removeprefix("text_model."), "text_model." + k):
-            if cand in model_keys:
-                out[cand] = v
-    return out
-
-
-def _text_encoder(config: dict, sd: dict, path: str):
-    from transformers import CLIPTextConfig, CLIPTextModel
-    with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(**config))
-    keys = model.state_dict().keys()
-    clean = _clip_state(sd, keys)
-    missing = keys - clean.keys()
-    if missing:
-        raise CheckpointError(f"{path}: its text encoder is not SD1.x's CLIP ViT-L/14 ({len(missing)} weights "
-                              f"missing, e.g. {sorted(missing)[:2]}).")
-    model.load_state_dict(clean, strict=True, assign=True)
-    emb = getattr(model, "text_model", model).embeddings
-    # non-persistent buffer: not in any state dict, rebuild it off the meta device
-    emb.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None], persistent=False)
-    return model
-
-
 def load_single_file(path: str, configs: dict = SD1) -> SDParts:
     """An SD1.x LDM-layout checkpoint -> SDParts (fp32, CPU)."""
     d = require("diffusers", "Loading Stable Diffusion for training")
@@ -171,7 +145,7 @@ def load_single_file(path: str, configs: dict = SD1) -> SDParts:
     unet_sd = conv.convert_ldm_unet_checkpoint(sd, configs["unet"], extract_ema=ema)
     unet = _build(d.UNet2DConditionModel, configs["unet"], unet_sd, "UNet", path)
     vae = _build(d.AutoencoderKL, configs["vae"], conv.convert_ldm_vae_checkpoint(sd, configs["vae"]), "VAE", path)
-    text = _text_encoder(configs["text_encoder"], conv.convert_ldm_clip_checkpoint(sd), path)
+    text = clip_text_model(conv.convert_ldm_clip_checkpoint(sd), configs["text_encoder"], path)
     if ema:
         log.info("%s holds EMA weights; the UNet uses them (what inference uses)", path)
     return SDParts(unet, vae, text, dict(configs["scheduler"]), source=path, configs=configs)

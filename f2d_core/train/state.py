@@ -61,7 +61,7 @@ def save_state(path: str, **state) -> None:
 
 
 def load_state(path: str) -> dict:
-    from f2d_core.errors import F2DError
+    from ..errors import F2DError
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001

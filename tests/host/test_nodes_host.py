@@ -2,9 +2,7 @@
 with every example workflow and the broken graphs users will build (see conftest for fixtures)."""
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
