@@ -261,15 +261,17 @@ def find_detector_files(pack_dir) -> tuple[str, str | None]:
     return str(det), (str(lmk) if lmk else None)
 
 
-def list_insightface_packs(models_root) -> list[str]:
-    """Names of the pack folders under models_root (e.g. ComfyUI/models/insightface/models) with a usable detector."""
+def list_insightface_packs(models_root, finders=(find_detector_files,)) -> list[str]:
+    """Names of the pack folders under models_root (e.g. ComfyUI/models/insightface/models) in which
+    every finder (default: the detector's) finds its model file."""
     root = Path(models_root)
     if not root.is_dir():
         return []
     names = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            find_detector_files(d)
+            for find in finders:
+                find(d)
         except ModelFilesMissing:
             continue
         names.append(d.name)

@@ -135,17 +135,8 @@ def find_recognizer_file(pack_dir) -> str:
 
 def list_recognizer_packs(models_root) -> list[str]:
     """Pack folders under models_root that hold both a face detector and a recognition model."""
-    from .detect import find_detector_files
-    root = Path(models_root)
-    names = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        try:
-            find_detector_files(d)
-            find_recognizer_file(d)
-        except ModelFilesMissing:
-            continue
-        names.append(d.name)
-    return names
+    from .detect import find_detector_files, list_insightface_packs
+    return list_insightface_packs(models_root, (find_detector_files, find_recognizer_file))
 
 
 @functools.lru_cache(maxsize=4)
