@@ -13,6 +13,8 @@ def _device(name: str) -> str:
     import torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise F2DError("--device cuda: this torch sees no CUDA GPU; use --device cpu (or auto).")
     return name
 
 
@@ -33,13 +35,16 @@ def cmd_encode(args) -> int:
     from .encoder import load_encoder
     from .identity import SUFFIX
     from .model_files import find_models
+    from .choices import face_policy
     from .pipeline import encode_images
     models = find_models(args.models, pack=args.pack)
     images = [_read_image(p) for p in args.image]
     device = _device(args.device)
     encoder = load_encoder(models["msid"], models["mapping"], device=device)
-    detector = load_detector(models["pack"], device=device)
-    policy = int(args.face) if args.face.lstrip("-").isdigit() else args.face
+    # onnxruntime picks its own provider: "auto" must not demand CUDA from the CPU build
+    detector = load_detector(models["pack"], device="auto" if args.device == "auto" else device)
+    policy = face_policy("index", int(args.face)) if args.face.isdigit() else \
+        face_policy({"confident": "most confident"}.get(args.face, args.face))
     identity = encode_images(encoder, images, detector, policy=policy, on_no_face=args.on_no_face,
                              names=[os.path.basename(p) for p in args.image],
                              progress=lambda i, n: print(f"  face {i}/{n}", file=sys.stderr))
@@ -69,7 +74,9 @@ def main(argv=None) -> int:
                    help="a ComfyUI-style models folder: face2diffusion/{msid,mapping}.pt and insightface/models/<pack>/")
     e.add_argument("--out", required=True, help="output NAME.f2d.safetensors")
     e.add_argument("--pack", default=None, help="insightface pack name (default: buffalo_l, else the first found)")
-    e.add_argument("--face", default="largest", help="which face per photo: largest, confident, or an index")
+    e.add_argument("--face", default="largest",
+                   help="which face per photo: largest, confident (the detector's most confident), or an index "
+                        "(0 = largest)")
     e.add_argument("--on-no-face", default="error", choices=("error", "skip"))
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     e.set_defaults(fn=cmd_encode)

@@ -239,6 +239,10 @@ def convert(src: str, dst: str) -> str:
     if not dst.lower().endswith(SAFETENSORS_SUFFIX):
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
     tmp = dst + ".tmp"
-    save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={"f2d_kind": kind})
-    os.replace(tmp, dst)  # atomic: a crash never leaves half a file under the final name
+    try:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={"f2d_kind": kind})
+        os.replace(tmp, dst)  # atomic: a crash never leaves half a file under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return kind

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
 from .images import to_rgb_uint8
-from .onnx_session import make_session, read_graph_summary
+from .onnx_session import make_session, normalises_itself, read_graph_summary
 
 KNOWN_DETECTORS = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")  # buffalo_l, antelopev2
 LANDMARK68 = "1k3d68.onnx"
@@ -45,7 +45,8 @@ class Face:
         return landmarks68_to_5(self.landmarks68)
 
 
-@functools.lru_cache(maxsize=8)
+# small caches: onnxruntime sessions (GPU arenas included) live outside ComfyUI's memory manager
+@functools.lru_cache(maxsize=4)
 def _session(real_path: str, mtime_ns: int, device: str):
     return make_session(real_path, device)  # mtime in the key: a replaced file is reloaded
 
@@ -115,12 +116,7 @@ class FaceDetector:
                 f"{out.shape}; expected 1k3d68.onnx (input [N, 3, 192, 192], output [N, 3309]). "
                 f"Use the 1k3d68.onnx from buffalo_l or antelopev2, or turn the 68-point landmarks off.")
         self.lmk_input_name, self.lmk_size = inp.name, hw[0]
-        # insightface's rule: Sub and Mul among the first 8 nodes (or a leading bn_data) mean the
-        # graph normalises itself and gets raw 0..255 pixels; otherwise (x - 127.5) / 128.
-        names = read_graph_summary(path).node_names[:8]
-        has_sub = any(s.startswith(("Sub", "_minus")) for s in names) or "bn_data" in names[:3]
-        has_mul = any(s.startswith(("Mul", "_mul")) for s in names) or "bn_data" in names[:3]
-        self.lmk_mean, self.lmk_std = (0.0, 1.0) if has_sub and has_mul else (127.5, 128.0)
+        self.lmk_mean, self.lmk_std = (0.0, 1.0) if normalises_itself(path, bn_data=True) else (127.5, 128.0)
 
     def detect(self, image, name="image") -> list[Face]:
         """Faces in an RGB image, in source pixels, highest score first."""
@@ -278,7 +274,7 @@ def list_insightface_packs(models_root, finders=(find_detector_files,)) -> list[
     return names
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _load(det, det_mtime, lmk, lmk_mtime, device, options):
     return FaceDetector(det, lmk, device=device, **dict(options))
 
@@ -290,7 +286,7 @@ def load_detector(pack_dir, use_landmarks68=True, device="auto", **kw) -> FaceDe
     det = os.path.realpath(det)
     lmk = os.path.realpath(lmk) if (lmk and use_landmarks68) else None
     return _load(det, os.stat(det).st_mtime_ns, lmk, os.stat(lmk).st_mtime_ns if lmk else None,
-                 device, tuple(sorted(kw.items())))
+                 device, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
 
 
 def select_face(faces, policy="largest", image_name="image") -> Face:
@@ -308,7 +304,7 @@ def select_face(faces, policy="largest", image_name="image") -> Face:
     if isinstance(policy, (int, np.integer)) and not isinstance(policy, bool):
         if 0 <= policy < len(faces):
             return by_area[policy]
-        raise F2DError(
+        raise NoFaceError(  # "skip" leaves such a photo out, like one with no face
             f"{image_name}: face index {policy} was requested but {len(faces)} face(s) were found "
             f"(valid indices 0..{len(faces) - 1}, largest first). Use a smaller index or 'largest'.")
     raise F2DError(f"Unknown face selection {policy!r}: use 'largest', 'confident' or a face index (0 = largest).")

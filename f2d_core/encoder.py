@@ -41,7 +41,8 @@ class F2DEncoder(nn.Module):
         self.mapping = mapping
         self.msid_path = os.fspath(msid_path)
         self.mapping_path = os.fspath(mapping_path)
-        self._graphs: dict = {}  # (batch, weights' addresses) -> _CapturedEncode, see encode()
+        self._graphs: dict = {}  # (batch, dtype, weights' addresses) -> _CapturedEncode, see encode()
+        self._params = None  # the Parameter objects, kept for _weights_fingerprint
 
     @property
     def device(self) -> torch.device:
@@ -93,15 +94,19 @@ class F2DEncoder(nn.Module):
         return (features, *self.face_tokens(features, expression, mask))
 
     def _weights_fingerprint(self) -> tuple:
-        """Addresses of weights at both ends of both networks: they change when the weights move
-        (.to(), ComfyUI's load/offload), which a captured graph must notice. ~10 us, where walking
-        all 179 parameters takes 200 us on a path meant to take under 1 ms."""
-        m, f = self.msid, self.mapping
-        return tuple(t.data_ptr() for t in (m.patch_embed.proj.weight, m.blocks[0].attn.qkv.weight,
-                                            m.blocks[-1].mlp.fc2.weight, f.null_exp, f.i2t_last.fc_out.weight))
+        """Addresses of every weight: a captured graph holds raw pointers to all of them, so any one
+        moving (.to(), ComfyUI's load/offload) must invalidate it. The Parameter objects survive
+        such moves, so a list kept from the first call is walked (~15 us) instead of
+        self.parameters() (~200 us) on a path meant to take under 1 ms."""
+        if self._params is None:
+            self._params = list(self.parameters())
+        return tuple(p.data_ptr() for p in self._params)
 
     def _captured(self, batch: int) -> "_CapturedEncode":
-        key = (batch, self.mapping.null_exp.dtype, self._weights_fingerprint())
+        fingerprint = (self.mapping.null_exp.dtype, self._weights_fingerprint())
+        if self._graphs and next(iter(self._graphs))[1:] != fingerprint:
+            self._graphs.clear()  # the weights moved: every captured graph reads stale memory
+        key = (batch, *fingerprint)
         graph = self._graphs.get(key)
         if graph is None:
             if len(self._graphs) >= MAX_CUDA_GRAPHS:

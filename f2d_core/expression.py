@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .choices import ON_NO_FACE
 from .errors import F2DError, NoFaceError
 from .images import as_list, to_rgb_uint8
 
@@ -215,7 +216,7 @@ class ExpressionRegressor:
         """(crops uint8 (N, 224, 224, 3), one info dict per crop, skipped: [info]). detector: a
         detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops."""
         from .detect import select_face
-        if on_no_face not in ("error", "skip"):
+        if on_no_face not in ON_NO_FACE:
             raise F2DError(f"on_no_face must be 'error' or 'skip', got {on_no_face!r}")
         images = as_list(images)
         if not images:

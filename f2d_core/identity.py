@@ -73,8 +73,14 @@ class FaceIdentity:
             raise F2DError(f"{path}: not a Face2Diffusion identity file (expected metadata format={FORMAT!r} and a "
                            f"'features' tensor; found {sorted(tensors)[:5]}). Create one with the Save Face node "
                            "or `python -m f2d_core encode`.")
-        if tuple(tensors["features"].shape) != (1536,):
-            raise F2DError(f"{path}: 'features' has shape {tuple(tensors['features'].shape)}, expected (1536,).")
-        meta = json.loads(header.get("meta", "{}"))
+        want = {"features": (1536,), "s1": (768,), "s2": (768,)}
+        for k, shape in want.items():
+            if k in tensors and tuple(tensors[k].shape) != shape:
+                raise F2DError(f"{path}: {k!r} has shape {tuple(tensors[k].shape)}, expected {shape}; the file "
+                               "was not written by this pack. Save the face again.")
+        try:
+            meta = json.loads(header.get("meta", "{}"))
+        except json.JSONDecodeError:
+            raise F2DError(f"{path}: its metadata is not valid JSON; save the face again.") from None
         return cls(features=tensors["features"].float(), s1=tensors.get("s1"), s2=tensors.get("s2"),
                    features_per_face=tensors.get("features_per_face"), aligned=tensors.get("aligned"), meta=meta)

@@ -136,3 +136,14 @@ def read_graph_summary(path, max_nodes: int = 8) -> GraphSummary:
     if outputs == 0:
         raise ValueError(f"{path} has no ONNX graph outputs")
     return GraphSummary(names, outputs)
+
+
+def normalises_itself(path, bn_data: bool = False) -> bool:
+    """insightface's rule for converted mxnet models: nodes named Sub and Mul among the first 8
+    (or, for the landmark model, a leading bn_data) mean the graph scales its own input, which
+    then gets raw 0..255 pixels instead of (x - mean) / std."""
+    names = read_graph_summary(path).node_names[:8]
+    lead = bn_data and "bn_data" in names[:3]
+    has_sub = lead or any(n.startswith(("Sub", "_minus")) for n in names)
+    has_mul = lead or any(n.startswith(("Mul", "_mul")) for n in names)
+    return has_sub and has_mul

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from .align import ALIGNED_SIZE, align_face, to_pixels
+from .choices import ON_NO_FACE
 from .encoder import F2DEncoder
 from .errors import F2DError, NoFaceError
 from .identity import FaceIdentity
 from .images import as_list, to_rgb_uint8
 
-ON_NO_FACE = ("error", "skip")
 
 
 def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", on_no_face="error",

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, ModelFilesMissing
-from .onnx_session import make_session, read_graph_summary
+from .onnx_session import make_session, normalises_itself, read_graph_summary
 
 KNOWN_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")  # buffalo_l, antelopev2
-ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                                 [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+ARCFACE_TEMPLATE_112 = np.array(  # = align.ARCFACE_TEMPLATE; repeated so detection needs no torch
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32)
 _BATCH = 32
 
 
@@ -60,10 +61,7 @@ class ArcFaceRecognizer:
         self.input_name, self.output_name, self.input_size = inp.name, outs[0].name, size
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         # insightface's ArcFaceONNX rule (no bn_data case, unlike the landmark model)
-        names = read_graph_summary(path).node_names[:8]
-        has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
-        has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
-        self.input_mean, self.input_std = (0.0, 1.0) if has_sub and has_mul else (127.5, 127.5)
+        self.input_mean, self.input_std = (0.0, 1.0) if normalises_itself(path) else (127.5, 127.5)
 
     def align(self, image_rgb: np.ndarray, landmarks5) -> np.ndarray:
         """insightface face_align.norm_crop: uint8 RGB (size, size, 3) crop of the face."""
@@ -139,7 +137,7 @@ def list_recognizer_packs(models_root) -> list[str]:
     return list_insightface_packs(models_root, (find_detector_files, find_recognizer_file))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def _load(real_path: str, mtime_ns: int, device: str) -> ArcFaceRecognizer:
     return ArcFaceRecognizer(real_path, device)
 

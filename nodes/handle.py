@@ -1,6 +1,7 @@
 """F2D_ENCODER: the engine's encoder under ComfyUI's memory management, plus the face detector."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -37,24 +38,22 @@ class EncoderHandle:
         self.expression_model = None  # f2d_core.expression.ExpressionRegressor, optional
         self._expression_patcher = None
 
-    def with_parts(self, detector, detector_name, expression_model=None) -> "EncoderHandle":
-        """A handle sharing this encoder, with its own detector and expression regressor."""
+    def with_parts(self, detector, detector_name, expression=None) -> "EncoderHandle":
+        """A handle sharing this encoder, with its own detector and (regressor, patcher) pair."""
         other = object.__new__(EncoderHandle)
+        model, patcher = expression if expression is not None else (None, None)
         other.__dict__.update(self.__dict__, detector=detector, detector_name=detector_name,
-                              expression_model=expression_model, _expression_patcher=None)
-        if expression_model is not None:
-            other._expression_patcher = comfy.model_patcher.ModelPatcher(
-                _Patchable(expression_model.net, self.offload_device),
-                load_device=self.load_device, offload_device=self.offload_device)
+                              expression_model=model, _expression_patcher=patcher)
         return other
 
     def reference_expression(self, images, **kw) -> torch.Tensor:
         """(N, 64) Deep3DFaceRecon expression coefficients of the faces in `images`."""
-        mm.load_model_gpu(self._expression_patcher)
+        mm.load_models_gpu([self._expression_patcher], force_full_load=True)
         return self.expression_model.expression(images, self.detector, **kw)
 
     def _ready(self):
-        mm.load_model_gpu(self.patcher)
+        # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind
+        mm.load_models_gpu([self.patcher], force_full_load=True)
 
     @property
     def null_exp(self) -> torch.Tensor:
@@ -99,30 +98,50 @@ def _file_key(path):
     return os.path.realpath(path), st.st_mtime_ns, st.st_size
 
 
+def _auto_dtype(encoder, load_device) -> torch.dtype:
+    """fp32 on the CPU; on a GPU the fastest of the half precisions ComfyUI allows there (its
+    --force-fp32/--fp16 flags included) whose tokens stay within 1e-2 of fp32."""
+    if load_device.type != "cuda":
+        return torch.float32
+    candidates = [dt for dt, ok in ((torch.float16, mm.should_use_fp16(load_device)),
+                                    (torch.bfloat16, mm.should_use_bf16(load_device))) if ok]
+    if not candidates:
+        return torch.float32
+    from ..f2d_core.precision import choose_dtype
+    try:
+        return choose_dtype(encoder, load_device, candidates=candidates)
+    except RuntimeError as e:  # a kernel this GPU lacks: the safe choice, said once in the log
+        logging.warning("Face2Diffusion: half precision check failed on %s (%s); using fp32", load_device, e)
+        return torch.float32
+
+
 def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> EncoderHandle:
     """Built once per (files, device, dtype) and reused across graphs and runs."""
     load_device = mm.get_torch_device() if device_choice == "auto" else torch.device("cpu")
     offload_device = mm.unet_offload_device() if device_choice == "auto" else torch.device("cpu")
     key = (_file_key(msid_path), _file_key(mapping_path), str(load_device), str(dtype))
     if key not in _cache:
+        encoder = load_encoder(msid_path, mapping_path, device=offload_device)  # read once, fp32
         if dtype is None:
-            dtype = torch.float32
-            if load_device.type == "cuda":
-                from ..f2d_core.precision import choose_dtype
-                probe = load_encoder(msid_path, mapping_path, device=load_device)
-                dtype = choose_dtype(probe, load_device)
-                del probe
-        encoder = load_encoder(msid_path, mapping_path, device=offload_device, dtype=dtype)
+            dtype = _auto_dtype(encoder, load_device)
+        if dtype != torch.float32:
+            from ..f2d_core.precision import cast_encoder
+            encoder = cast_encoder(encoder, dtype)
         _cache.clear()  # one encoder at a time: a new file replaces the old one
         _cache[key] = EncoderHandle(encoder, load_device, offload_device)
     return _cache[key]
 
 
-def load_expression(path, offload_device):
-    """The Deep3DFaceRecon regressor, built once per file (fp32: it is small and runs rarely)."""
+def load_expression(path, load_device, offload_device):
+    """(Deep3DFaceRecon regressor, its ModelPatcher), built once per file (fp32: small, runs rarely).
+    One patcher per model: ComfyUI tracks patchers weakly, and a dropped one that was on the GPU
+    would leave the weights there unaccounted for."""
     from ..f2d_core.expression import load_expression_model
-    key = (_file_key(path), str(offload_device))
+    key = (_file_key(path), str(load_device), str(offload_device))
     if key not in _expression_cache:
         _expression_cache.clear()
-        _expression_cache[key] = load_expression_model(path, device=offload_device)
+        model = load_expression_model(path, device=offload_device)
+        patcher = comfy.model_patcher.ModelPatcher(_Patchable(model.net, offload_device),
+                                                   load_device=load_device, offload_device=offload_device)
+        _expression_cache[key] = (model, patcher)
     return _expression_cache[key]

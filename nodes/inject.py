@@ -80,6 +80,11 @@ class F2DInjectFaceToken(io.ComfyNode):
         if len(people) == 2 and trigger.strip().lower() == (trigger_2 or "").strip().lower():
             raise F2DError(f"face and face_2 use the same trigger {trigger!r}; give face_2 its own, e.g. 'g k'.")
         position = _position_embedding(clip) if strength > 0 else None
+        if strength < 1:
+            if not (class_word or "").strip():
+                raise F2DError("class_word is empty: below identity strength 1 the trigger is blended with it. "
+                               "Write a word such as 'person', 'woman' or 'man'.")
+            word_ids = inject.trigger_token_ids(tokenizer.tokenizer, class_word)
         with_identity, with_class = tokens, tokens
         for person, trig, label in people:
             ids = inject.trigger_token_ids(tokenizer.tokenizer, trig)
@@ -88,7 +93,6 @@ class F2DInjectFaceToken(io.ComfyNode):
                 with_identity = inject.inject_face(with_identity, ids, s1, s2, position, decode=decode,
                                                    trigger_text=trig)
             if strength < 1:
-                word_ids = inject.trigger_token_ids(tokenizer.tokenizer, class_word)
                 with_class = inject.replace_trigger(with_class, ids, word_ids, decode=decode, trigger_text=trig)
         if strength == 1:
             return io.NodeOutput(clip.encode_from_tokens_scheduled(with_identity))

@@ -1,7 +1,7 @@
 """LoadF2DEncoder: the MSID encoder, the mapping network and a face detector."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..f2d_core import choices
 from ..f2d_core.detect import load_detector
@@ -70,5 +70,7 @@ class LoadF2DEncoder(io.ComfyNode):
                                 device="cpu" if device == "cpu" else "auto")
         expr = None
         if expression_model and expression_model != NO_EXPRESSION_MODEL:
-            expr = load_expression(paths.weight_path(expression_model, "expression_model"), handle.offload_device)
-        return io.NodeOutput(handle.with_parts(det, None if det is None else detector, expr))
+            expr = load_expression(paths.weight_path(expression_model, "expression_model"), handle.load_device,
+                                   handle.offload_device)
+        handle = handle.with_parts(det, None if det is None else detector, expr)
+        return io.NodeOutput(handle, ui=ui.PreviewText(handle.describe()))  # what was loaded, in which dtype

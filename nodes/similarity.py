@@ -1,13 +1,10 @@
 """F2DFaceSimilarity: how much generated images still show the reference person (ArcFace, not MSID)."""
 from __future__ import annotations
 
-import os
-
 import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..f2d_core.errors import ModelFilesMissing
 from ..f2d_core.similarity import load_identity_scorer
 from . import paths
 
@@ -54,13 +51,7 @@ class F2DFaceSimilarity(io.ComfyNode):
     def execute(cls, reference, images, recognizer, device="auto"):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        packs = paths.recognizer_packs()
-        if recognizer not in packs:
-            where = os.path.join("models", "insightface", "models")
-            raise ModelFilesMissing(
-                f"recognizer: {recognizer!r} is not an insightface pack with a face detector and a recognition "
-                f"model (found: {', '.join(packs) or 'none'}). Unzip buffalo_l (det_10g.onnx + w600k_r50.onnx) or "
-                f"antelopev2 into {where}, then press R to refresh the list.")
+        # the pack's own finders say what is missing in it; no need to rescan every pack here
         scorer = load_identity_scorer(paths.detector_pack_path(recognizer), device="cpu" if device == "cpu" else "auto")
         identity = scorer.reference(reference)
         pbar = comfy.utils.ProgressBar(int(images.shape[0]))

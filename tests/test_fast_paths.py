@@ -114,3 +114,13 @@ def test_a_private_op_that_computes_something_else_is_not_used(monkeypatch):
     with torch.inference_mode():
         close(msid.linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias))
     assert msid._onednn_linear is False
+
+
+def test_moving_any_single_weight_invalidates_captured_cuda_graphs(official_weights):
+    """A CUDA graph holds raw pointers to every weight; the fingerprint must see each one move."""
+    from f2d_core import load_encoder
+    enc = load_encoder(official_weights["msid"], official_weights["mapping"])
+    before = enc._weights_fingerprint()
+    w = enc.msid.blocks[6].attn.proj.weight  # a weight in the middle, not at either end
+    w.data = w.data.clone()
+    assert enc._weights_fingerprint() != before

@@ -173,3 +173,22 @@ def test_encode_command_with_an_unreadable_image(models_dir, tmp_path):
     (tmp_path / "me.jpg").write_text("not an image")
     r = run_cli("encode", "--image", str(tmp_path / "me.jpg"), "--models", str(models_dir), "--out", "x")
     assert r.returncode == 2 and "not a readable image" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_skip_also_leaves_out_a_photo_without_the_requested_face_index(encoder, detector):
+    two = photo(2, 2)
+    two[8 * 32:9 * 32, 12 * 32:13 * 32] = (255, om.STRIDE_GREEN[32], 200)  # a second, larger face
+    ident = encode_images(encoder, [two, photo(5, 5)], detector, policy=1, on_no_face="skip",
+                          names=["group.jpg", "solo.jpg"])
+    assert [f["image"] for f in ident.meta["faces"]] == ["group.jpg"]
+    assert "face index 1 was requested but 1 face(s) were found" in ident.meta["skipped"][0]["reason"]
+
+
+def test_an_identity_file_with_wrong_token_shapes_is_explained(tmp_path):
+    from safetensors.torch import save_file
+    from f2d_core.identity import FORMAT
+    p = tmp_path / "odd.f2d.safetensors"
+    save_file({"features": torch.zeros(1536), "s1": torch.zeros(1024), "s2": torch.zeros(768)}, str(p),
+              metadata={"format": FORMAT})
+    with pytest.raises(F2DError, match=r"'s1' has shape \(1024,\), expected \(768,\)"):
+        FaceIdentity.load(p)

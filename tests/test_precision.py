@@ -1,4 +1,5 @@
 """The encoder's precision: fp32 unless a faster dtype's tokens stay within the tolerance of fp32."""
+import pytest
 import torch
 
 from f2d_core.precision import cast_encoder, choose_dtype, probe_pixels, token_error
@@ -17,9 +18,11 @@ def test_a_candidate_beyond_the_tolerance_falls_back_to_fp32(encoder):
     assert choose_dtype(encoder, "cpu", tol=1e-4, candidates=(torch.bfloat16,)) == torch.float32
 
 
-def test_timing_picks_among_accepted_candidates_and_fp32(encoder):
-    assert choose_dtype(encoder, "cpu", tol=0.5, candidates=(torch.bfloat16,), time_it=True) in \
-        (torch.bfloat16, torch.float32)
+@pytest.mark.parametrize("faster", [torch.bfloat16, torch.float32])
+def test_timing_picks_the_faster_of_the_accepted_candidates_and_fp32(encoder, monkeypatch, faster):
+    from f2d_core import precision
+    monkeypatch.setattr(precision, "_seconds", lambda enc, pixels: 1.0 if enc.dtype == faster else 2.0)
+    assert choose_dtype(encoder, "cpu", tol=0.5, candidates=(torch.bfloat16,), time_it=True) == faster
 
 
 def test_a_cast_copy_leaves_the_original_alone_and_still_returns_float32(encoder):

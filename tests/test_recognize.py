@@ -184,3 +184,9 @@ def test_real_photos_match_themselves_and_not_each_other(tmp_path):
     result = scorer.score(scorer.reference(photos[:1]), photos)
     assert result.similarities[0] == pytest.approx(1.0, abs=1e-5)
     assert result.similarities[0] > max(result.similarities[1:]) + 0.1
+
+
+def test_the_recognisers_template_is_the_alignment_template():
+    from f2d_core.align import ARCFACE_TEMPLATE
+    from f2d_core.recognize import ARCFACE_TEMPLATE_112
+    assert np.array_equal(ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE)

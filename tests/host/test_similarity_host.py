@@ -83,9 +83,9 @@ def test_several_reference_photos_of_the_person_are_one_identity(node):
     assert sims[0] > 0.95 and sims[1] < sims[0]
 
 
-def test_an_unknown_recognizer_pack_says_where_packs_go(node):
-    with pytest.raises(ValueError, match=r"'buffalo_l' is not an insightface pack with a face detector and a "
-                                         r"recognition model \(found: f2d_eval_test\)"):
+def test_a_pack_without_a_recognition_model_says_what_it_holds_and_expects(node):
+    with pytest.raises(ValueError, match=r"No face recognition model in .*buffalo_l: found det_10g\.onnx\. "
+                                         r"Expected w600k_r50\.onnx \(buffalo_l\)"):
         node.execute(batch(face(0)), batch(face(0)), "buffalo_l", "cpu")
 
 
