@@ -84,9 +84,8 @@ def main(argv=None) -> int:
     c.add_argument("src")
     c.add_argument("dst")
     c.set_defaults(fn=cmd_convert)
-    b = sub.add_parser("bench", help="speed and memory figures (see benchmarks/RESULTS.md)")
-    b.set_defaults(fn=lambda a: __import__(f"{__package__}.bench", fromlist=["main"]).main(a.rest))
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    # these three parse their own options, so they are dispatched before this parser runs
+    sub.add_parser("bench", add_help=False, help="speed and memory figures (see benchmarks/RESULTS.md)")
     sub.add_parser("run", add_help=False, help="photo(s) x prompts x seeds -> images, through ComfyUI headless")
     sub.add_parser("evaluate", add_help=False, help="the paper's evaluation on ComfyUI server(s): images, "
                    "identity and CLIP scores, report")
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
         return evaluate_main(argv[1:], "python -m f2d_core evaluate")
     if argv[:1] == ["bench"]:  # likewise: bench parses its own options (--device, --json, ...)
         from .bench import main as bench_main
-        return bench_main(argv[1:])
+        return run_command(bench_main, argv[1:])
     args = ap.parse_args(argv)
     return run_command(args.fn, args)
 

@@ -159,3 +159,11 @@ def test_user_landmarks_may_be_68_points(tmp_path):
     (rec,) = build_index(tmp_path, landmarks_file=lm)
     np.testing.assert_allclose(rec.landmarks5, landmarks68_to_5(l68), atol=1e-5)
     assert rec.landmarks68.shape == (68, 2)
+
+
+def test_a_landmarks_file_that_is_not_json_is_explained(tmp_path):
+    from f2d_core.errors import F2DError
+    from f2d_core.train.data import _user_landmarks
+    (tmp_path / "lm.json").write_text("{not json")
+    with pytest.raises(F2DError, match=r"--landmarks .*lm\.json: not valid JSON"):
+        _user_landmarks(str(tmp_path / "lm.json"))

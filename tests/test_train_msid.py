@@ -109,3 +109,10 @@ def test_identity_folders_need_two_people(tmp_path):
     write_identities(tmp_path / "one", people=1)
     with pytest.raises(F2DError, match="one subfolder of face images per person"):
         msid_trainer(tmp_path / "one", tmp_path / "out")
+
+
+def test_a_missing_triplets_file_is_named(tmp_path):
+    from f2d_core.errors import F2DError
+    from f2d_core.train.msid_eval import read_triplets
+    with pytest.raises(F2DError, match=r"--triplets .*nope\.csv: file not found"):
+        read_triplets(str(tmp_path / "nope.csv"), [])

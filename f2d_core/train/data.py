@@ -73,8 +73,16 @@ def _record(rel, entry, label=-1) -> FaceRecord:
 def _user_landmarks(path: str) -> dict:
     """{relpath: {"landmarks5": ..., "landmarks68": ...}} from a user's JSON file, whose values are
     either such dicts or bare point lists (5 or 68 points)."""
-    with open(path) as f:
-        raw = json.load(f)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise F2DError(f"--landmarks {path}: file not found.") from None
+    except json.JSONDecodeError as e:
+        raise F2DError(f"--landmarks {path}: not valid JSON ({e}); expected "
+                       '{"relative/path.jpg": [[x, y], ... 5 or 68 points]}.') from None
+    if not isinstance(raw, dict):
+        raise F2DError(f"--landmarks {path}: expected a JSON object mapping image paths to point lists.")
     out = {}
     for rel, v in raw.items():
         pts = v if isinstance(v, list) else v.get("landmarks68") or v.get("landmarks5")
@@ -271,7 +279,8 @@ class AlignedFaceDataset(torch.utils.data.Dataset):
         if rgb.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
             if rec.landmarks5 is None:
                 raise F2DError(f"{rec.path}: {rgb.shape[1]}x{rgb.shape[0]}, not an aligned 112x112 face, and no "
-                               "landmarks are known for it; give --detector so it can be aligned.")
+                               "landmarks are known for it. Align the faces to 112x112 first (msid-eval takes "
+                               "aligned faces only), or let `train msid` align them with --detector or --landmarks.")
             rgb = align_face(rgb, rec.alignment_points(), rec.path)[0]
         if flip:
             rgb = rgb[:, ::-1]

@@ -84,6 +84,8 @@ def read_triplets(path: str, paths: list[str]) -> list[tuple[int, int, int]]:
     """A CSV of anchor,positive,negative image paths (relative to the data folder) -> index triplets."""
     where = {p: i for i, p in enumerate(paths)}
     out = []
+    if not os.path.isfile(path):
+        raise F2DError(f"--triplets {path}: file not found (a CSV of anchor,positive,negative image paths).")
     with open(path, newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row or row[0].startswith("#") or row[0] == "anchor":
