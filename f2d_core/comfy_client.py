@@ -6,6 +6,7 @@ socket is quiet, so a message lost before the socket opened cannot hang the run.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -81,21 +82,32 @@ class ComfyClient:
         if content_type:
             req.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+            try:
+                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ComfyError(f"cannot reach ComfyUI at {self.url} ({reason}). Is it running, "
                              "and is this its address?") from None
+        except http.client.HTTPException as e:  # IncompleteRead, BadStatusLine, ...: a broken answer
+            raise ComfyError(f"{self.url}{path} broke off its answer to {method} ({type(e).__name__}: {e}). "
+                             "Is this ComfyUI's address, and is it still running?") from None
+
+    def _json(self, path: str, body: bytes):
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ComfyError(f"{self.url}{path} answered with something that is not JSON: is this ComfyUI's "
+                             f"address? (the answer began {_short(body.decode(errors='replace'), 80)!r})") from None
 
     def get_json(self, path: str, timeout: float | None = None):
         status, body = self.request("GET", path, timeout=timeout)
         if status != 200:
             raise ComfyError(f"ComfyUI at {self.url} answered {status} to GET {path}: "
                              f"{_short(body.decode(errors='replace'))}")
-        return json.loads(body)
+        return self._json(path, body)
 
     def wait_ready(self, timeout: float = 60.0, alive=None) -> dict:
         """Poll GET /object_info until it answers; `alive()` may raise to stop early (a dead process)."""
@@ -125,7 +137,10 @@ class ComfyClient:
         if status != 200:
             raise ComfyError(f"ComfyUI refused the upload of {filename} ({status}): "
                              f"{_short(answer.decode(errors='replace'))}")
-        info = json.loads(answer)
+        info = self._json("/upload/image", answer)
+        if not isinstance(info, dict) or not info.get("name"):
+            raise ComfyError(f"{self.url}/upload/image answered {_short(info, 80)!r} to the upload of {filename}, "
+                             "not ComfyUI's {\"name\": ...}: is this ComfyUI's address?")
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def queue_prompt(self, prompt: dict) -> str:
@@ -182,9 +197,10 @@ class ComfyClient:
         while True:
             if self.ws is not None:
                 try:
-                    if self._listen(prompt_id, on_event, quiet=poll * 4):
+                    if self._listen(prompt_id, on_event, quiet=poll * 4, deadline=deadline):
                         break  # finished: the history entry is written right after
                 except WebSocketError:
+                    self.ws.close(wait=False)  # a broken socket is closed, not dropped open
                     self.ws = None  # fall back to polling from here on
             entry = self.history(prompt_id)
             if entry and self._finished(entry):
@@ -200,11 +216,15 @@ class ComfyClient:
             time.sleep(0.05)
         raise ComfyError(f"ComfyUI reported prompt {prompt_id} done but /history has no entry for it")
 
-    def _listen(self, prompt_id: str, on_event, quiet: float) -> bool:
-        """Read messages until the prompt ends (True) or the socket is quiet for `quiet` s (False)."""
+    def _listen(self, prompt_id: str, on_event, quiet: float, deadline: float | None = None) -> bool:
+        """Read messages until the prompt ends (True), the socket is quiet for `quiet` s or the
+        time.monotonic() `deadline` passes (False), however many messages keep arriving."""
         while True:
+            left = quiet if deadline is None else min(quiet, deadline - time.monotonic())
+            if left <= 0:
+                return False
             try:
-                msg = self.ws.recv(timeout=quiet)
+                msg = self.ws.recv(timeout=left)
             except TimeoutError:
                 return False
             if msg is None:

@@ -26,7 +26,10 @@ def _open(path: str):
         im.load()
     except FileNotFoundError:
         raise F2DError(f"{path}: face photo not found.") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except UnidentifiedImageError:  # its own message names the BytesIO, not the file
+        raise F2DError(f"{path}: not a readable image (not in an image format Pillow knows). "
+                       "Use a JPEG or PNG photo.") from None
+    except OSError as e:
         raise F2DError(f"{path}: not a readable image ({e}). Use a JPEG or PNG photo.") from None
     # LoadImage applies the EXIF rotation too, so sizes must be compared after it
     return data, ImageOps.exif_transpose(im)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import re
@@ -33,13 +34,15 @@ from .cli import run_command
 from .errors import F2DError
 from .faces import check_face_count, face_loaders, face_uploads, place_faces
 from .model_check import check_models
-from .workflow import MissingNodeTypes, WorkflowError, get_input, load_workflow, set_input, to_api
+from .workflow import (BYPASSED, MUTED, MissingNodeTypes, WorkflowError, get_input, is_api_format, load_workflow,
+                       set_input, to_api)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORKFLOW = os.path.join(REPO, "workflows", "face2diffusion_basic.json")
 TEXT = ("F2DInjectFaceToken", "text")
 SEED, STEPS = ("KSampler", "seed"), ("KSampler", "steps")
 CHECKPOINT = ("CheckpointLoaderSimple", "ckpt_name")
+DEFAULT_TRIGGER = "f l"  # F2DInjectFaceToken's default (f2d_core.inject has it too, but imports torch)
 
 
 def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParser:
@@ -74,17 +77,58 @@ def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParse
     return ap
 
 
-def read_prompts(args) -> list[str]:
-    prompts = [p.strip() for p in args.prompt if p.strip()]
-    if args.prompts:
-        try:
-            with open(args.prompts, encoding="utf-8") as f:
-                prompts += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-        except FileNotFoundError:
-            raise F2DError(f"{args.prompts}: prompts file not found.") from None
+def read_prompt_file(path: str) -> list[str]:
+    """The prompt lines of a file: blank lines and # comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except FileNotFoundError:
+        raise F2DError(f"{path}: prompts file not found.") from None
+
+
+def trigger_pattern(trigger: str) -> re.Pattern:
+    """The trigger as whole words (as CLIP reads them: any case, any spacing between the words)."""
+    words = r"\s+".join(re.escape(w) for w in trigger.split())
+    return re.compile(rf"(?<![A-Za-z0-9]){words}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def read_prompts(files: list[str], texts: list[str], trigger: str = DEFAULT_TRIGGER) -> list[str]:
+    """--prompt texts, then the lines of each --prompts file; every prompt must hold the trigger."""
+    prompts = [t.strip() for t in texts if t.strip()]
+    for path in files:
+        prompts += read_prompt_file(path)
     if not prompts:
-        raise F2DError('no prompt given: use --prompt "a photo of f l as a chef" or --prompts FILE.')
+        held = f"{', '.join(files)} hold(s) no prompt lines. " if files else ""
+        raise F2DError(f'no prompt given: {held}Use --prompt "a photo of {trigger} as a chef" or --prompts FILE.')
+    missing = [p for p in prompts if not trigger_pattern(trigger).search(p)]
+    if missing:
+        shown = "; ".join(repr(p) for p in missing[:5])
+        raise F2DError(f"every prompt needs the words {trigger!r} where the person goes; {len(missing)} do(es) "
+                       f"not: {shown}")
     return prompts
+
+
+def workflow_trigger(workflow: dict) -> str:
+    """The `trigger` of the workflow's F2DInjectFaceToken as far as it can be read without the
+    server's /object_info; the node's default, "f l", when the workflow does not set one."""
+    if is_api_format(workflow):
+        values = [(n.get("inputs") or {}).get("trigger") for n in workflow.values() if n["class_type"] == TEXT[0]]
+    else:
+        values = []
+        for node in workflow.get("nodes") or []:
+            saved = node.get("widgets_values")
+            if node.get("type") != TEXT[0] or node.get("mode") in (MUTED, BYPASSED) or not saved:
+                continue
+            if isinstance(saved, dict):
+                values.append(saved.get("trigger"))
+                continue
+            names = [i["widget"]["name"] for i in node.get("inputs") or [] if isinstance(i.get("widget"), dict)]
+            if "trigger" in names and len(names) == len(saved):  # newer frontends list every widget
+                values.append(dict(zip(names, saved)).get("trigger"))
+            elif len(saved) > 1:  # the node's widgets are text, trigger, identity_strength, ...
+                values.append(saved[1])
+    found = {v.strip() for v in values if isinstance(v, str) and v.strip()}
+    return found.pop() if len(found) == 1 else DEFAULT_TRIGGER
 
 
 def import_errors(log_path: str, limit: int = 12) -> str:
@@ -138,15 +182,18 @@ class Progress:
         self.stream.flush()
 
 
-def download(client: ComfyClient, images: list[dict], out_dir: str, stem: str) -> list[str]:
-    """Save a prompt's images as OUT/stem.png (and stem_1.png, ... for a batch)."""
+def download(client: ComfyClient, images: list[dict], out_dir: str, stem: str, ext: str | None = None) -> list[str]:
+    """Save a prompt's images as OUT/stem<ext> (and stem_1<ext>, ... for a batch). Without `ext`,
+    the extension of the server's file; with it, images in another format are converted."""
     if not images:
         raise F2DError("the workflow ran but produced no image: it needs a SaveImage (or PreviewImage) node.")
     files = []
     for j, img in enumerate(images):
-        ext = os.path.splitext(img["filename"])[1] or ".png"
-        path = os.path.join(out_dir, stem + (f"_{j}" if j else "") + ext)
+        theirs = os.path.splitext(img["filename"])[1].lower() or ".png"
+        path = os.path.join(out_dir, stem + (f"_{j}" if j else "") + (ext or theirs))
         data = client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))
+        if ext and _format(ext) != _format(theirs):
+            data = _convert(data, ext, img["filename"])
         with open(path + ".part", "wb") as f:  # atomic: an interrupted run never leaves half an image
             f.write(data)
         os.replace(path + ".part", path)
@@ -154,10 +201,27 @@ def download(client: ComfyClient, images: list[dict], out_dir: str, stem: str) -
     return files
 
 
+def _format(ext: str) -> str:
+    return {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff"}.get(ext.lower(), ext.lower().lstrip("."))
+
+
+def _convert(data: bytes, ext: str, name: str) -> bytes:
+    """The image re-encoded for `ext` (pixels kept: PNG is lossless)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            im.save(buf, format=_format(ext))
+    except (UnidentifiedImageError, OSError, KeyError, ValueError) as e:
+        raise F2DError(f"ComfyUI's image {name} could not be saved as {ext} ({type(e).__name__}: {e}).") from None
+    return buf.getvalue()
+
+
 def render(client: ComfyClient, api: dict, text: str, seed: int, out_dir: str, stem: str, on_queued=None,
-           on_event=None, timeout: float | None = None) -> tuple[str, list[str]]:
+           on_event=None, timeout: float | None = None, ext: str | None = None) -> tuple[str, list[str]]:
     """One image: fill in the prompt text and seed, queue, wait, download -> (prompt id, files).
-    `on_queued(prompt)` sees the filled-in prompt, `on_event` the server's progress messages."""
+    `on_queued(prompt)` sees the filled-in prompt, `on_event` the server's progress messages;
+    `ext` is as for download."""
     prompt = copy.deepcopy(api)
     set_input(prompt, *TEXT, text)
     set_input(prompt, *SEED, seed)
@@ -169,7 +233,7 @@ def render(client: ComfyClient, api: dict, text: str, seed: int, out_dir: str, s
     except KeyboardInterrupt:
         client.interrupt()  # a server we did not start would go on with it
         raise
-    return prompt_id, download(client, output_images(entry), out_dir, stem)
+    return prompt_id, download(client, output_images(entry), out_dir, stem, ext)
 
 
 def generate(client: ComfyClient, api: dict, label: str, faces: list[str], prompts: list[str], seeds: list[int],
@@ -210,15 +274,16 @@ def prepare(client: ComfyClient, args, workflow: dict, models_dir: str) -> dict:
 
 
 def run(args) -> int:
-    prompts = read_prompts(args)
     if args.seeds < 1:
         raise F2DError(f"--seeds must be 1 or more (got {args.seeds}).")
     seeds = list(range(args.seed, args.seed + args.seeds))
-    face_uploads(args.face)  # unreadable photos fail before any server starts
     workflow_path = args.workflow
     if workflow_path == DEFAULT_WORKFLOW and not os.path.isfile(workflow_path):
         raise WorkflowError(f"the default workflow {workflow_path} is missing from this install; pass --workflow FILE.")
     workflow = load_workflow(workflow_path)
+    # prompts without the trigger and unreadable photos fail before any server starts
+    prompts = read_prompts([args.prompts] if args.prompts else [], args.prompt, workflow_trigger(workflow))
+    face_uploads(args.face)
     label, progress = face_label(args.face[0]), Progress()
 
     def go(client, models_dir):

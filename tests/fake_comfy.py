@@ -98,18 +98,23 @@ class FakeComfy:
     ws_drop_after (close the socket after that many messages), fail_class (that node raises),
     reject (a 400 answer body for /prompt), history_messages (False: /history keeps no status
     messages, so errors are only seen on the websocket), image (a function (prompt, seed) -> PNG
-    bytes for SaveImage; default tiny_png(seed)), die_after (accept that many prompts, then "crash"
-    when the next one arrives: it is queued but never run, the socket and the port close), run_delay
-    (seconds each prompt "runs"). `python fake_comfy.py --port P [...]` serves until killed
-    and writes its arguments to $FAKE_COMFY_ARGV, so it can stand in for ComfyUI's main.py."""
+    bytes for SaveImage; default tiny_png(seed)), save_format (SaveImage writes that format, e.g.
+    "webp", with its extension), die_after (accept that many prompts, then "crash" when the next
+    one arrives: it is queued but never run, the socket and the port close), run_delay (seconds
+    each prompt "runs"), chatter (while it runs, a progress message every that many seconds),
+    bad_answers ({path: "html"}: a web page instead of JSON; {path: "cut"}: the answer breaks off).
+    `python fake_comfy.py --port P [...]` serves until killed and writes its arguments to
+    $FAKE_COMFY_ARGV, so it can stand in for ComfyUI's main.py."""
 
     def __init__(self, object_info=None, ws=True, ws_drop_after=None, fail_class=None, reject=None,
-                 history_delay=0.05, port=0, history_messages=True, image=None, die_after=None, run_delay=0.0):
+                 history_delay=0.05, port=0, history_messages=True, image=None, die_after=None, run_delay=0.0,
+                 save_format=None, chatter=None, bad_answers=None):
         self.object_info = object_info or fake_object_info()
         self.ws, self.ws_drop_after, self.fail_class, self.reject = ws, ws_drop_after, fail_class, reject
         self.history_delay, self.history_messages = history_delay, history_messages
         self.image = image or (lambda prompt, seed: tiny_png(seed))
-        self.die_after, self.run_delay = die_after, run_delay
+        self.die_after, self.run_delay, self.chatter = die_after, run_delay, chatter
+        self.save_format, self.bad_answers = save_format, bad_answers or {}
         self.dead = False
         self.prompts, self.uploads, self.history, self.images = [], {}, {}, {}
         self.ws_clients, self.pongs, self.unmasked_frames, self.ws_connects = {}, 0, 0, 0
@@ -126,8 +131,9 @@ class FakeComfy:
         return self
 
     def __exit__(self, *exc):
+        was_dead, self.dead = self.dead, True  # every handler thread (websockets too) ends
         self.jobs.put(None)
-        if not self.dead:
+        if not was_dead:
             self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -154,7 +160,13 @@ class FakeComfy:
             msgs.append([kind, data])
             self.send(client_id, kind, data)
         send("execution_start", {})
-        time.sleep(self.run_delay)
+        end = time.monotonic() + self.run_delay
+        while time.monotonic() < end:
+            if self.dead:
+                return
+            if self.chatter:
+                send("progress", {"value": 0, "max": 1, "node": None})
+            time.sleep(min(self.chatter or 0.02, max(0.0, end - time.monotonic())))
         outputs = {}
         for nid in sorted(prompt, key=lambda k: int(k) if k.isdigit() else 0):
             node = prompt[nid]
@@ -171,8 +183,8 @@ class FakeComfy:
                     send("progress", {"value": k, "max": steps, "node": nid})
             if node["class_type"] == "SaveImage":
                 seed = next((n["inputs"].get("seed", 0) for n in prompt.values() if n["class_type"] == "KSampler"), 0)
-                name = f"ComfyUI_{len(self.images):05d}_.png"
-                self.images[name] = self.image(prompt, seed)
+                name = f"ComfyUI_{len(self.images):05d}_.{self.save_format or 'png'}"
+                self.images[name] = self._encode(self.image(prompt, seed))
                 outputs[nid] = {"images": [{"filename": name, "subfolder": "", "type": "output"}]}
                 send("executed", {"node": nid, "display_node": nid, "output": outputs[nid]})
         else:
@@ -183,6 +195,15 @@ class FakeComfy:
             "status_str": "success" if ok else "error", "completed": ok,
             "messages": msgs if self.history_messages else []}}
         self.send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
+
+
+    def _encode(self, png: bytes) -> bytes:
+        if not self.save_format:
+            return png
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(png)).save(buf, format=self.save_format)
+        return buf.getvalue()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -202,9 +223,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
+    def _bad_answer(self, path) -> bool:
+        how = self.fake.bad_answers.get(path)
+        if how is None:
+            return False
+        body = b"<!doctype html><html><body>Welcome to nginx!</body></html>" if how == "html" else b'{"KSampler": '
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if how == "html" else "application/json")
+        self.send_header("Content-Length", str(len(body) if how == "html" else 1000))  # "cut": 1000 promised
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def do_GET(self):
         u = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(u.query))
+        if self._bad_answer(u.path):
+            return
         if u.path == "/object_info":
             return self._json(self.fake.object_info)
         if u.path == "/ws":
@@ -222,6 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"error": "not found"}, 404)
 
     def do_POST(self):
+        if self.path in self.fake.bad_answers:
+            self._body()
+            return self._bad_answer(self.path)
         if self.path == "/upload/image":
             msg = BytesParser(policy=HTTP).parsebytes(
                 f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + self._body())
@@ -294,6 +332,26 @@ class _Handler(BaseHTTPRequestHandler):
                         self.fake.ws_clients.pop(client_id, None)
                         return
 
+
+
+def run_within(seconds: float, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a thread: its result or exception, or an AssertionError when it is
+    still running after `seconds` (a hang fails the test instead of stopping the suite)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+    t = threading.Thread(target=target, daemon=True, name=f"run_within {getattr(fn, '__name__', fn)}")
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} still running after {seconds} s: it hangs")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,12 @@ from conftest import TOKENIZER_DIR
 from f2d_core import metrics
 from f2d_core.clip_score import ClipEmbedder
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing
+from f2d_core.comfy_client import ComfyError
 from f2d_core.evaluate import main
-from f2d_core.evaluate.jobs import PAPER_PROMPTS, find_faces, read_prompts
-from fake_comfy import FakeComfy, fake_object_info
+from f2d_core.evaluate.dispatch import Dispatcher, NoServerLeft
+from f2d_core.evaluate.jobs import PAPER_PROMPTS, Face, find_faces, make_jobs, read_prompts
+from f2d_core.workflow import MissingNodeTypes
+from fake_comfy import FakeComfy, fake_object_info, run_within
 
 WORKFLOW = str(Path(__file__).with_name("data") / "f2d_test_workflow.json")
 PROMPTS = ["a photo of f l as a chef", "f l in the snow"]
@@ -247,6 +250,113 @@ def test_no_reachable_server_is_a_clear_error(models, faces_dir, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "ComfyUI at http://127.0.0.1:9 failed: cannot reach ComfyUI" in err
     assert "12 image(s) were not made" in err
+
+
+def test_a_server_answering_a_web_page_is_dropped_by_name_not_waited_on_forever(models, faces_dir, tmp_path,
+                                                                                 capsys):
+    with FakeComfy(bad_answers={"/object_info": "html"}) as web, FakeComfy() as ok:
+        rendering(ok)
+        rc = run_within(30, evaluate, models, faces_dir, tmp_path / "out", [web.url], "--generate-only")
+        err = capsys.readouterr().err
+        assert rc == 2 and f"ComfyUI at {web.url} failed: {web.url}/object_info answered with something" in err
+        rc = run_within(30, evaluate, models, faces_dir, tmp_path / "out", [web.url, ok.url], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"server {web.url} dropped" in err and "not JSON: is this ComfyUI's address?" in err
+    assert len(ok.prompts) == 12
+
+
+def test_an_unreadable_photo_is_named_before_any_server_is_used(models, faces_dir, tmp_path, capsys):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "anna.png").write_bytes((faces_dir / "anna.png").read_bytes())
+    (faces / "ben.png").write_text("not an image")
+    with FakeComfy() as a, FakeComfy() as b:
+        rc = evaluate(models, faces, tmp_path / "out", [a.url, b.url], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: {faces / 'ben.png'}: not a readable image" in err
+    assert "server" not in err and "BytesIO" not in err
+    assert not a.uploads and not b.uploads and not a.prompts and not b.prompts
+
+
+def test_images_are_saved_where_resume_and_scoring_look_whatever_format_the_workflow_saves(
+        models, faces_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with FakeComfy(save_format="webp") as fake:
+        rendering(fake)
+        assert evaluate(models, faces_dir, out, [fake.url], "--generate-only") == 0, capsys.readouterr().err
+    files = sorted((out / "images").rglob("*.*"))
+    assert len(files) == 12 and {f.suffix for f in files} == {".png"}
+    webps = [np.asarray(Image.open(io.BytesIO(fake.images[f"ComfyUI_{k:05d}_.webp"])).convert("RGB"))
+             for k in range(12)]
+    with Image.open(files[0]) as saved:
+        assert saved.format == "PNG"  # converted, pixel for pixel
+        assert any(np.array_equal(np.asarray(saved.convert("RGB")), w) for w in webps)
+    # resumed: nothing to make again, and scoring finds every image
+    assert evaluate(models, faces_dir, out, ["http://127.0.0.1:9"], clip=False) == 0
+    assert "all 12 image(s) already made" in capsys.readouterr().err
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 8
+
+
+# --- the dispatcher on its own (no server: clients are stand-ins) ----------------------------------
+
+class StandIn:
+    def __init__(self, url):
+        self.url = url
+
+    def object_info(self):
+        if "html" in self.url:
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")  # a surprise, not a ComfyError
+        return {}
+
+    def open_ws(self):
+        return False
+
+    def interrupt(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def dispatch(urls, prepare=lambda client, job: {}, render=lambda client, api, job: {}, jobs=range(4)):
+    done, down = [], []
+    todo = make_jobs([Face("anna", ("anna.png",))], ["f l"], list(jobs), reference=False)
+    d = Dispatcher(urls, prepare, render, client_factory=StandIn)
+    counts = run_within(10, d.run, todo, on_done=lambda job, url, info: done.append(url),
+                        on_down=lambda url, reason: down.append((url, reason)))
+    return counts, done, down
+
+
+def test_a_worker_that_meets_an_unexpected_error_drops_its_server_by_name():
+    counts, done, down = dispatch(["http://html", "http://ok"])
+    assert counts == {"http://html": 0, "http://ok": 4}
+    assert down == [("http://html", "ValueError: Expecting value: line 1 column 1 (char 0)")]
+    with pytest.raises(NoServerLeft, match="ComfyUI at http://html failed: ValueError: Expecting value"):
+        dispatch(["http://html"])  # the only server: the run ends, it does not wait for ever
+
+
+def test_only_server_side_problems_drop_a_server_other_errors_stop_the_run():
+    def prepare(client, job):
+        if client.url == "http://a":
+            raise MissingNodeTypes(["F2DEncodeFace"])
+        raise F2DError("ben.png: not a readable image")
+    with pytest.raises(F2DError, match="^ben.png: not a readable image$"):
+        dispatch(["http://a", "http://b"], prepare=prepare)
+    counts, done, down = dispatch(["http://a", "http://b"], prepare=lambda c, j: c.url == "http://a" and 1 / 0)
+    assert counts["http://b"] == 4 and down[0][0] == "http://a" and "ZeroDivisionError" in down[0][1]
+
+    def render(client, api, job):
+        raise ComfyError("no answer")
+    with pytest.raises(NoServerLeft, match="ComfyUI at http://a failed: no answer"):
+        dispatch(["http://a"], render=render)
+
+
+def test_a_bug_while_rendering_stops_the_run_with_it():
+    def render(client, api, job):
+        raise KeyError("oops")
+    with pytest.raises(KeyError, match="oops"):
+        dispatch(["http://a", "http://b"], render=render)
 
 
 # --- inputs --------------------------------------------------------------------------------------

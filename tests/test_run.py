@@ -6,16 +6,19 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from f2d_core.comfy_client import ComfyClient, PromptRejected
+from f2d_core.comfy_client import ComfyClient, ComfyError, PromptRejected
 from f2d_core.comfy_server import ServerStartError, start_server
-from f2d_core.run import main
+from f2d_core.run import DEFAULT_WORKFLOW, main, workflow_trigger
 from f2d_core.websocket import BINARY, TEXT, WebSocket, WebSocketError, build_frame, mask, parse_frame
-from fake_comfy import CLOSE, PING, PONG, FakeComfy, client_frame, fake_object_info, server_frame, tiny_png
+from fake_comfy import (CLOSE, PING, PONG, FakeComfy, client_frame, fake_object_info, run_within, server_frame,
+                        tiny_png)
 
 DATA = Path(__file__).with_name("data")
 WORKFLOW = str(DATA / "f2d_test_workflow.json")
@@ -82,7 +85,7 @@ def test_prompts_file_times_seeds_count(tmp_path, capsys):
 @pytest.mark.parametrize("knobs", [{"history_messages": False}, {"ws": False}], ids=["from-websocket", "from-history"])
 def test_execution_error_is_a_clear_message_and_exit_code_2(tmp_path, capsys, knobs):
     with FakeComfy(fail_class="F2DInjectFaceToken", **knobs) as fake:
-        rc = run(fake, tmp_path, "--prompt", "a photo of a person")
+        rc = run(fake, tmp_path, "--prompt", "a photo of f l")
     err = capsys.readouterr().err
     assert rc == 2
     assert ("error: ComfyUI failed in node 5 (F2DInjectFaceToken): ValueError: placeholder 'f l' not found "
@@ -218,7 +221,101 @@ def test_ctrl_c_interrupts_the_prompt_on_the_server(tmp_path, capsys, monkeypatc
 def test_unreadable_face_fails_before_contacting_any_server(tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     rc = main(["--server", "http://127.0.0.1:9", "--face", str(tmp_path / "notes.png"), "--prompt", "f l"])
-    assert rc == 2 and "notes.png: not a readable image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path / 'notes.png'}: not a readable image" in err
+    assert "BytesIO" not in err  # the file is named, not the buffer it was read into
+
+
+def test_a_prompt_without_the_trigger_fails_before_any_server_is_contacted(tmp_path, capsys):
+    face = photo(tmp_path / "a.png")
+    rc = main(["--server", "http://127.0.0.1:9", "--face", face, "--prompt", "f l as a chef",
+               "--prompt", "a chef", "--workflow", WORKFLOW])
+    err = capsys.readouterr().err
+    assert rc == 2 and "every prompt needs the words 'f l' where the person goes; 1 do(es) not: 'a chef'" in err
+    assert "cannot reach" not in err
+
+
+def test_the_trigger_checked_is_the_one_the_workflow_sets(tmp_path, capsys):
+    from f2d_core.workflow import load_workflow, to_api
+    api = to_api(load_workflow(WORKFLOW), fake_object_info())
+    api["5"]["inputs"]["trigger"] = "sks"
+    (tmp_path / "sks.json").write_text(json.dumps(api))
+    argv = ["--server", "http://127.0.0.1:9", "--face", photo(tmp_path / "a.png"),
+            "--workflow", str(tmp_path / "sks.json")]
+    assert main(argv + ["--prompt", "a photo of f l"]) == 2
+    assert "every prompt needs the words 'sks'" in capsys.readouterr().err
+    assert main(argv + ["--prompt", "a photo of SKS"]) == 2  # passes the check (CLIP reads any case) ...
+    assert "cannot reach ComfyUI" in capsys.readouterr().err  # ... and goes on to the server
+
+
+def test_workflow_trigger_reads_the_ui_widgets_by_name_or_by_position():
+    basic = json.loads(Path(DEFAULT_WORKFLOW).read_text())
+    assert workflow_trigger(basic) == "f l"
+    (node,) = [n for n in basic["nodes"] if n["type"] == "F2DInjectFaceToken"]
+    node["widgets_values"][1] = "zq x"
+    assert workflow_trigger(basic) == "zq x"
+    node["inputs"] = [i for i in node["inputs"] if "widget" not in i]  # older frontends list no widgets
+    assert workflow_trigger(basic) == "zq x"
+    node["mode"] = 4  # bypassed: no trigger is used, the default stands
+    assert workflow_trigger(basic) == "f l"
+    assert workflow_trigger(json.loads(Path(WORKFLOW).read_text())) == "f l"  # only a text widget
+
+
+@pytest.mark.parametrize("how", ["html", "cut"])
+def test_a_server_that_is_not_comfyui_is_an_error_message_not_a_traceback(tmp_path, capsys, how):
+    with FakeComfy(bad_answers={"/object_info": how}) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    if how == "html":
+        assert (f"error: {fake.url}/object_info answered with something that is not JSON: is this ComfyUI's "
+                "address? (the answer began '<!doctype html>") in err
+    else:
+        assert f"error: {fake.url}/object_info broke off its answer to GET (IncompleteRead" in err
+
+
+def test_an_upload_answered_with_a_web_page_is_a_comfy_error():
+    with FakeComfy(bad_answers={"/upload/image": "html"}) as fake:
+        with pytest.raises(ComfyError, match=r"/upload/image answered with something that is not JSON"):
+            ComfyClient(fake.url).upload_image(b"x", "a.png")
+
+
+SAVE_ONLY = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}
+
+
+def test_the_timeout_holds_while_the_websocket_keeps_bringing_messages():
+    with FakeComfy(run_delay=30, chatter=0.02) as fake:  # progress every 20 ms, never done
+        client = ComfyClient(fake.url)
+        assert client.open_ws()
+        prompt_id = client.queue_prompt(SAVE_ONLY)
+        t0 = time.monotonic()
+        with pytest.raises(ComfyError, match="did not finish within 1 s"):
+            run_within(10, client.wait, prompt_id, timeout=1)
+        assert time.monotonic() - t0 < 3
+        client.close()
+
+
+def test_a_broken_websocket_is_closed_before_falling_back_to_polling():
+    with FakeComfy(ws_drop_after=2) as fake:
+        client = ComfyClient(fake.url)
+        assert client.open_ws()
+        ws = client.ws
+        entry = client.wait(client.queue_prompt(SAVE_ONLY), timeout=10)
+    assert entry["status"]["completed"] and client.ws is None
+    assert ws.closed and ws.sock.fileno() == -1  # the socket was closed, not dropped open
+
+
+def test_the_fake_server_ends_every_thread_it_started():
+    before = set(threading.enumerate())
+    with FakeComfy(run_delay=30) as fake:
+        ws = WebSocket.connect(fake.url.replace("http", "ws") + "/ws?clientId=t")  # left open by its client
+        ComfyClient(fake.url).queue_prompt(SAVE_ONLY)  # still "running" at exit
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = set(threading.enumerate()) - before
+    ws.sock.close()
+    assert not left, left
 
 
 def test_unreachable_server_says_so(tmp_path, capsys):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -13,11 +12,12 @@ from .. import run as runner
 from ..detect import find_detector_files
 from ..cli import run_command
 from ..errors import F2DError
+from ..faces import face_uploads
 from ..recognize import find_recognizer_file
 from ..workflow import load_workflow
 from . import report
 from .dispatch import Dispatcher
-from .jobs import (PAPER_PROMPTS, check_settings, find_faces, make_jobs, pending, read_prompts,
+from .jobs import (PAPER_PROMPTS, check_settings, file_sha256, find_faces, make_jobs, pending, read_prompts,
                    settings_record)
 from .progress import progress_bar
 from .scoring import NEUTRAL_TEXT, SUBJECT, Scorer
@@ -64,11 +64,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return ap
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _check_scoring_models(args) -> None:
     if args.generate_only:
         return
@@ -93,7 +88,9 @@ def generate(args, workflow: dict, todo: list, total: int) -> None:
         t0 = time.monotonic()
         folder = os.path.dirname(job.path(args.out))
         os.makedirs(folder, exist_ok=True)
-        prompt_id, _ = runner.render(client, api, job.prompt, job.seed, folder, job.stem, timeout=args.timeout)
+        # saved as job.path() whatever format the workflow saves in: resuming and scoring look there
+        prompt_id, _ = runner.render(client, api, job.prompt, job.seed, folder, job.stem, timeout=args.timeout,
+                                     ext=os.path.splitext(job.path(args.out))[1])
         return {"prompt_id": prompt_id, "seconds": round(time.monotonic() - t0, 2)}
 
     bar = progress_bar(len(todo), "generating")
@@ -158,10 +155,12 @@ def run(args) -> int:
         raise F2DError(f"--seeds must be 1 or more (got {args.seeds}).")
     faces = find_faces(args.faces)
     prompts = read_prompts(args.prompts, args.prompt)
+    for face in faces:  # an unreadable photo fails now, by name, not as a failure of every server
+        face_uploads(face.photos)
     seeds = list(range(args.seed, args.seed + args.seeds))
     _check_scoring_models(args)
     workflow = load_workflow(args.workflow)
-    generation = {"workflow": os.path.basename(args.workflow), "workflow_sha256": _sha256(args.workflow),
+    generation = {"workflow": os.path.basename(args.workflow), "workflow_sha256": file_sha256(args.workflow),
                   "checkpoint": args.checkpoint, "steps": args.steps, "width": args.width, "height": args.height}
     jobs = make_jobs(faces, prompts, seeds)
     check_settings(args.out, settings_record(faces, prompts, generation))

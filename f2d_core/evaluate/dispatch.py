@@ -5,9 +5,12 @@ a shared queue, prepares the server once per face (the workflow converted with t
 /object_info, its model files checked, the photos uploaded) and renders the job there.
 - The server stops answering (connection refused, a broken socket, no result within the
   timeout): the job goes back on the queue for the other servers and this server is dropped.
-- The server lacks a model file or a node type: it is dropped before it takes any job.
-- The workflow itself fails (ComfyUI rejects the prompt, a node raises): the run stops, as the
-  same would happen on every server.
+- The server lacks a model file or a node type, or answers what ComfyUI would not: it is
+  dropped before it takes any job.
+- The workflow itself fails (ComfyUI rejects the prompt, a node raises), or a local error
+  (a photo, the disk): the run stops, as the same would happen on every server.
+Every way a worker thread ends is an event for the main loop, so a run never waits on a thread
+that is gone.
 Finished images are files on disk, so stopping at any point loses only the images in flight.
 """
 from __future__ import annotations
@@ -17,7 +20,11 @@ import threading
 from typing import Callable
 
 from ..comfy_client import ComfyClient, ComfyError, ExecutionFailed, PromptRejected
-from ..errors import F2DError
+from ..errors import F2DError, ModelFilesMissing
+from ..workflow import MissingNodeTypes
+
+# what a server can be dropped for: the others may well not have the same problem
+SERVER_PROBLEMS = (ComfyError, MissingNodeTypes, ModelFilesMissing)
 
 
 class NoServerLeft(F2DError):
@@ -54,6 +61,9 @@ class Dispatcher:
                 try:
                     event = events.get(timeout=0.5)
                 except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and events.empty():
+                        raise F2DError(f"every server's worker stopped with {len(jobs) - done} image(s) "
+                                       "not made and no reason given; this is a bug, please report it.")
                     continue
                 kind, url = event[0], event[1]
                 if kind == "done":
@@ -93,11 +103,19 @@ class Dispatcher:
 
     def _worker(self, url, todo, events, attempts) -> None:
         try:
+            self._serve(url, todo, events, attempts)
+        except Exception as e:  # a bug: stop the run with it rather than end this thread unnoticed
+            events.put(("fatal", url, e))
+
+    def _serve(self, url, todo, events, attempts) -> None:
+        try:
             client = self.client_factory(url)
             client.object_info()  # fails at once when nothing answers there
             client.open_ws()
         except ComfyError as e:
             return events.put(("down", url, str(e)))
+        except Exception as e:  # an answer nothing here expected: this server is not usable
+            return events.put(("down", url, f"{type(e).__name__}: {e}"))
         self.clients[url] = client
         apis = {}
         try:
@@ -111,9 +129,14 @@ class Dispatcher:
                 try:
                     if job.face not in apis:
                         apis[job.face] = self.prepare(client, job)
-                except (ComfyError, F2DError) as e:
+                except SERVER_PROBLEMS as e:
                     todo.put(job)
                     return events.put(("down", url, f"cannot run the workflow there: {e}"))
+                except F2DError as e:  # the workflow or an input: the same on every server
+                    return events.put(("fatal", url, e))
+                except Exception as e:  # most likely an answer of this server that nothing expected
+                    todo.put(job)
+                    return events.put(("down", url, f"cannot run the workflow there: {type(e).__name__}: {e}"))
                 with self._lock:
                     attempts[job] = attempts.get(job, 0) + 1
                     self.busy.add(url)

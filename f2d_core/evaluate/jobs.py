@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 
 from ..errors import F2DError
-from ..run import face_label
+from .. import run as runner
+from ..run import face_label, read_prompt_file, trigger_pattern
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TRIGGER = "f l"
 REFERENCE_PROMPT = "a photo of f l"
 PAPER_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                              "paper_prompts.txt")
-_TRIGGER_RE = re.compile(r"(?<![A-Za-z0-9])f l(?![A-Za-z0-9])")
+_TRIGGER_RE = trigger_pattern(TRIGGER)
 
 
 @dataclass(frozen=True)
@@ -78,34 +78,16 @@ def find_faces(folder: str) -> list[Face]:
     return faces
 
 
-def read_prompt_file(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    except FileNotFoundError:
-        raise F2DError(f"{path}: prompts file not found.") from None
-
-
 def read_prompts(files: list[str], texts: list[str]) -> list[str]:
     """--prompt texts, then the lines of each --prompts file; without either, the paper's list."""
-    prompts = [t.strip() for t in texts if t.strip()]
-    for path in files:
-        prompts += read_prompt_file(path)
     if not files and not texts:
-        prompts = read_prompt_file(PAPER_PROMPTS)
-        if not prompts:
+        if not read_prompt_file(PAPER_PROMPTS):
             raise F2DError(
                 f"{PAPER_PROMPTS} holds no prompts: the 40 prompts of the paper's Table 7 could not be obtained "
                 "when this pack was written, so the file is shipped empty rather than with an invented list. "
                 "Paste them into it (S* written as f l), or pass your own with --prompts FILE or --prompt TEXT.")
-    if not prompts:
-        raise F2DError("no prompt given: the prompts file(s) hold no prompt lines.")
-    missing = [p for p in prompts if not _TRIGGER_RE.search(p)]
-    if missing:
-        shown = "; ".join(repr(p) for p in missing[:5])
-        raise F2DError(f"every prompt needs the words {TRIGGER!r} where the person goes; {len(missing)} do(es) "
-                       f"not: {shown}")
-    return prompts
+        files = [PAPER_PROMPTS]
+    return runner.read_prompts(files, texts, TRIGGER)
 
 
 def subject_text(prompt: str, subject: str) -> str:
@@ -127,14 +109,17 @@ def pending(jobs: list[Job], out_dir: str) -> list[Job]:
     return [j for j in jobs if not os.path.isfile(j.path(out_dir))]
 
 
-def _sha(path: str) -> str:
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def settings_record(faces: list[Face], prompts: list[str], generation: dict) -> dict:
     return {"generation": generation, "prompts": prompts, "reference_prompt": REFERENCE_PROMPT,
-            "faces": {f.label: [_sha(p) for p in f.photos] for f in faces}}
+            "faces": {f.label: [file_sha256(p) for p in f.photos] for f in faces}}
 
 
 def check_settings(out_dir: str, record: dict) -> None:

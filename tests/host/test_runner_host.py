@@ -153,7 +153,20 @@ def test_multi_reference_workflow_gets_one_photo_per_load_image(comfy_server, tm
     assert (tmp_path / "out" / "p0_00_0.png").is_file()
 
 
-def test_a_prompt_without_the_trigger_is_the_nodes_own_message(comfy_server, tmp_path, capsys):
-    rc = run_basic(comfy_server, tmp_path, [painted_face(tmp_path / "me.png", (640, 640))], "--prompt", "a chef")
+def test_a_prompt_without_the_trigger_is_refused_before_it_is_queued_and_the_node_says_why(comfy_server, tmp_path,
+                                                                                           capsys):
+    from types import SimpleNamespace
+    from f2d_core import run as runner
+    from f2d_core.comfy_client import ComfyClient, ExecutionFailed
+    from f2d_core.workflow import load_workflow
+    from .conftest import CHECKPOINT_NAME, REPO
+    face = painted_face(tmp_path / "me.png", (640, 640))
+    rc = run_basic(comfy_server, tmp_path, [face], "--prompt", "a chef")
     err = capsys.readouterr().err
-    assert rc == 2 and "(F2DInjectFaceToken)" in err and "f l" in err and "Traceback" not in err
+    assert rc == 2 and "every prompt needs the words 'f l' where the person goes; 1 do(es) not: 'a chef'" in err
+    # queued anyway, past the runner's check: the node's own message comes back
+    client = ComfyClient(comfy_server.url)
+    args = SimpleNamespace(face=[face], steps=1, width=64, height=64, checkpoint=CHECKPOINT_NAME)
+    api = runner.prepare(client, args, load_workflow(REPO / "workflows" / "face2diffusion_basic.json"), "ComfyUI/models")
+    with pytest.raises(ExecutionFailed, match=r"\(F2DInjectFaceToken\).*'f l'"):
+        runner.render(client, api, "a chef", 0, str(tmp_path), "x", timeout=300)
