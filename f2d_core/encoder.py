@@ -1,7 +1,6 @@
 """F2DEncoder: the MSID encoder and the mapping network loaded from the official files."""
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import cached_property
 
@@ -10,6 +9,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .mapping import MappingNetwork
+from .model_files import file_sha256
 from .msid import MSIDEncoder
 
 
@@ -19,14 +19,6 @@ def _build(module_cls, state_dict, device, dtype) -> nn.Module:
         module = module_cls()
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 CPU_CHUNK = 8  # faces per MSID call on the CPU: 32 at once is 10% slower per face (2-core EPYC)

@@ -8,6 +8,7 @@ and the headless runner:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 from .errors import ModelFilesMissing
@@ -18,6 +19,15 @@ MSID_URL = "https://drive.google.com/file/d/1DjUf-ib612SDDt86TRlsDkHqXTeYx030/vi
 MAPPING_URL = "https://drive.google.com/file/d/1Lf_mwMgme_HVYJCkViGr4TfGOfKw9PhE/view"
 BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
 PREFERRED_PACKS = ("buffalo_l", "antelopev2")
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, read in 1 MiB blocks (model files, photos, workflows)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _first(folder: str, stem: str) -> str | None:

@@ -45,6 +45,17 @@ CHECKPOINT = ("CheckpointLoaderSimple", "ckpt_name")
 DEFAULT_TRIGGER = "f l"  # F2DInjectFaceToken's default (f2d_core.inject has it too, but imports torch)
 
 
+def add_generation_arguments(ap) -> None:
+    """The workflow and the values the runner overrides in it (shared with evaluate)."""
+    ap.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="FILE",
+                    help="UI or API workflow JSON (default: this pack's workflows/face2diffusion_basic.json)")
+    ap.add_argument("--checkpoint", metavar="NAME",
+                    help="SD1.x checkpoint file in models/checkpoints (default: the workflow's)")
+    ap.add_argument("--steps", type=int, metavar="N", help="KSampler steps (default: the workflow's)")
+    ap.add_argument("--width", type=int, metavar="W", help="image width (default: the workflow's)")
+    ap.add_argument("--height", type=int, metavar="H", help="image height (default: the workflow's)")
+
+
 def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog, description="Generate images of one person from face photo(s): every prompt x every "
@@ -61,13 +72,7 @@ def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParse
     ap.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per prompt (default 1)")
     ap.add_argument("--seed", type=int, default=0, metavar="S", help="first seed; seeds are S..S+N-1 (default 0)")
     ap.add_argument("--out", default="out", metavar="DIR", help="where images go (default out/)")
-    ap.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="FILE",
-                    help="UI or API workflow JSON (default: this pack's workflows/face2diffusion_basic.json)")
-    ap.add_argument("--checkpoint", metavar="NAME",
-                    help="SD1.x checkpoint file in models/checkpoints (default: the workflow's)")
-    ap.add_argument("--steps", type=int, metavar="N", help="KSampler steps (default: the workflow's)")
-    ap.add_argument("--width", type=int, metavar="W", help="image width (default: the workflow's)")
-    ap.add_argument("--height", type=int, metavar="H", help="image height (default: the workflow's)")
+    add_generation_arguments(ap)
     ap.add_argument("--cpu", action="store_true", help="with --comfyui: run ComfyUI with --cpu")
     ap.add_argument("--python", metavar="PY", help="with --comfyui: ComfyUI's Python (default: its venv/.venv/"
                     "python_embeded if found, else this Python)")

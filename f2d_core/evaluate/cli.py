@@ -17,7 +17,8 @@ from ..recognize import find_recognizer_file
 from ..workflow import load_workflow
 from . import report
 from .dispatch import Dispatcher
-from .jobs import (PAPER_PROMPTS, check_settings, file_sha256, find_faces, make_jobs, pending, read_prompts,
+from ..model_files import file_sha256
+from .jobs import (PAPER_PROMPTS, check_settings, find_faces, make_jobs, pending, read_prompts,
                    settings_record)
 from .progress import progress_bar
 from .scoring import NEUTRAL_TEXT, SUBJECT, Scorer
@@ -42,13 +43,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                     help="a running ComfyUI with this pack, e.g. http://127.0.0.1:8188; repeat for several "
                          "(GPUs or machines): jobs are shared out, a failing server's jobs go to the others")
     ap.add_argument("--out", required=True, metavar="DIR", help="images, results.csv, summary.json, grids, plot")
-    ap.add_argument("--workflow", default=runner.DEFAULT_WORKFLOW, metavar="FILE",
-                    help="UI or API workflow (default: this pack's workflows/face2diffusion_basic.json)")
-    ap.add_argument("--checkpoint", metavar="NAME",
-                    help="SD1.x checkpoint in models/checkpoints (default: the workflow's)")
-    ap.add_argument("--steps", type=int, metavar="N", help="KSampler steps (default: the workflow's)")
-    ap.add_argument("--width", type=int, metavar="W", help="image width (default: the workflow's)")
-    ap.add_argument("--height", type=int, metavar="H", help="image height (default: the workflow's)")
+    runner.add_generation_arguments(ap)
     ap.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                     help="a server that has not finished an image after this long is dropped (default 1800)")
     ap.add_argument("--insightface", metavar="PACK_DIR",

@@ -9,12 +9,12 @@ images were made with; a rerun with other settings into the same folder is refus
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 
 from ..errors import F2DError
+from ..model_files import file_sha256
 from .. import run as runner
 from ..run import face_label, read_prompt_file, trigger_pattern
 
@@ -107,14 +107,6 @@ def make_jobs(faces: list[Face], prompts: list[str], seeds: list[int], reference
 
 def pending(jobs: list[Job], out_dir: str) -> list[Job]:
     return [j for j in jobs if not os.path.isfile(j.path(out_dir))]
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def settings_record(faces: list[Face], prompts: list[str], generation: dict) -> dict:
