@@ -31,12 +31,12 @@ def _read_image(path: str):
 
 
 def cmd_encode(args) -> int:
-    from .detect import load_detector
-    from .encoder import load_encoder
-    from .identity import SUFFIX
-    from .model_files import find_models
+    from .faces.detect import load_detector
+    from .identity.encoder import load_encoder
+    from .identity.face_file import SUFFIX
+    from .weights.files import find_models
     from .choices import face_policy
-    from .pipeline import encode_images
+    from .identity.pipeline import encode_images
     models = find_models(args.models, pack=args.pack)
     images = [_read_image(p) for p in args.image]
     device = _device(args.device)
@@ -59,7 +59,7 @@ def cmd_encode(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import convert
+    from .weights.checkpoint import convert
     kind = convert(args.src, args.dst)
     print(f"wrote {args.dst} ({kind})")
     return 0
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                    "identity and CLIP scores, report")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # run has its own parser; REMAINDER would reject a leading --face
-        from .run import main as run_main
+        from .client.run import main as run_main
         return run_main(argv[1:], "python -m f2d_core run")
     if argv[:1] == ["evaluate"]:
         from .evaluate import main as evaluate_main

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .precision import cast_encoder, probe_pixels, token_error
+from .identity.precision import cast_encoder, probe_pixels, token_error
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1
@@ -358,8 +358,8 @@ def load_recipe(shared: Path):
 def random_official_state_dict(kind: str, seed: int) -> dict:
     """Seeded random weights in the official layout (our own modules' default init), for
     machines without the parity recipe. Timing does not depend on the values."""
-    from .mapping import MappingNetwork
-    from .msid import MSIDEncoder
+    from .models.mapping import MappingNetwork
+    from .models.msid import MSIDEncoder
     torch.manual_seed(seed)
     module = MSIDEncoder() if kind == "msid" else MappingNetwork()
     sd = module.state_dict()
@@ -377,7 +377,7 @@ def _both_formats(path: str, kind: str, work: Path) -> tuple[str, str]:
     """(.pt path, .safetensors path) for a weight file, writing the missing format into `work`."""
     from safetensors.torch import save_file
 
-    from .checkpoint import read_state_dict
+    from .weights.checkpoint import read_state_dict
     stem, ext = os.path.splitext(path)
     if ext.lower() == ".safetensors":
         pt = next((stem + e for e in (".pt", ".pth") if os.path.isfile(stem + e)), None)
@@ -396,7 +396,7 @@ def prepare_weights(work: Path, models_dir, recipe, report: Report) -> dict:
     """{"msid": (pt, safetensors), "mapping": (pt, safetensors), "source": text}."""
     from safetensors.torch import save_file
     if models_dir:
-        from .model_files import find_models
+        from .weights.files import find_models
         found = find_models(models_dir, need_detector=False)
         files = {k: _both_formats(found[k], k, work) for k in ("msid", "mapping")}
         files["source"] = f"real weight files from {models_dir}"
@@ -432,14 +432,14 @@ def demo_photo(size: int, shared: Path | None, synthetic_detector: bool) -> np.n
     img = np.stack([20 + 40 * xx, 30 + 30 * yy, 60 + 40 * (1 - xx)], -1) + rng.normal(0, 6, (size, size, 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
     if synthetic_detector:
-        from .synthetic_onnx import paint_face
+        from tests.synthetic_onnx import paint_face
         paint_face(img, 32, 8, 8, blue=60, scale=640 / size)  # one face, centre of the 640 letterbox
     return img
 
 
 def build_synthetic_pack(work: Path) -> Path:
     """A buffalo_l-like pack folder with the synthetic SCRFD detector and 68-point model."""
-    from . import synthetic_onnx as so
+    from tests import synthetic_onnx as so
     pack = work / "insightface" / "models" / "buffalo_l"
     pack.mkdir(parents=True, exist_ok=True)
     so.save(so.scrfd_model(), pack / "det_10g.onnx")
@@ -455,7 +455,7 @@ def _reps(quick: bool, full: int, minimum: int = 3) -> int:
 
 
 def bench_load(report, files, device, quick):
-    from .encoder import load_encoder
+    from .identity.encoder import load_encoder
     for fmt, idx in (("pt", 0), ("safetensors", 1)):
         paths = files["msid"][idx], files["mapping"][idx]
 
@@ -517,7 +517,7 @@ def bench_encode(report, encoder, device, quick, use_compile):
         report.add(Row("encode.best.large", f"best large-batch encode ({big.label})", "ms", big.median, big.p90,
                        big.n, batch=big.batch, per_face=big.per_face, faces_per_s=big.faces_per_s))
         try:
-            from .precision import choose_dtype
+            from .identity.precision import choose_dtype
             chosen = choose_dtype(encoder, device)
             report.note(f"precision.choose_dtype picks {chosen} on this GPU (fastest within 1e-2 of fp32).")
         except Exception as e:  # informative only
@@ -567,7 +567,7 @@ def bench_detect(report, detector, photos, quick, synthetic):
                              note=f"{len(faces)} face(s)"))
         times = measure(lambda: detector._letterbox(img), _reps(quick, 20), warmup=2)
         report.add(timed_row(f"detect.{size}.letterbox", "  of which resize + letterbox + blob", times))
-    from .images import to_rgb_uint8
+    from .faces.images import to_rgb_uint8
     for size in (1024, 2048):
         image = torch.from_numpy(photos[size]).float()[None] / 255.0  # a ComfyUI IMAGE
         times = measure(lambda: to_rgb_uint8(image), _reps(quick, 20), warmup=2)
@@ -576,7 +576,7 @@ def bench_detect(report, detector, photos, quick, synthetic):
 
 def bench_e2e(report, encoder, detector, photo, device, quick):
     from .errors import NoFaceError
-    from .pipeline import encode_images
+    from .identity.pipeline import encode_images
     image = torch.from_numpy(photo).float()[None] / 255.0  # the same photo as a ComfyUI IMAGE
     t0 = time.perf_counter()
     try:
@@ -602,7 +602,7 @@ def load_clip(recipe, device, report):
         report.note("transformers is not installed: the CLIP figures (inject + encode vs plain encode) are "
                     "skipped. `pip install transformers` to measure them.")
         return None
-    from .text_encoder import clip_text_model
+    from .text.clip import clip_text_model
     if recipe:
         model = clip_text_model(recipe.make_state_dict("clip_text", SEED), recipe.CLIP_TEXT_CONFIG)
         source = f"parity recipe CLIP weights (seed {SEED})"
@@ -617,7 +617,7 @@ def load_clip(recipe, device, report):
 
 def demo_tokens(shared: Path | None, report: Report) -> dict:
     """ComfyUI-style token lists of the demo prompt (the shared SD1 tokenizer, or its known ids)."""
-    from .text_encoder import tokenize
+    from .text.clip import tokenize
     tok_dir = shared / "tokenizers" / "sd1_clip" if shared else None
     if tok_dir and (tok_dir / "vocab.json").is_file():
         try:
@@ -631,8 +631,8 @@ def demo_tokens(shared: Path | None, report: Report) -> dict:
 
 
 def bench_clip(report, encoder, clip, tokens, device, quick):
-    from .inject import inject_face
-    from .text_encoder import encode_token_chunks, position_embedding
+    from .text.inject import inject_face
+    from .text.clip import encode_token_chunks, position_embedding
     s1, s2 = encoder.face_tokens(encoder.identity_features(probe_pixels(1)))
     pos = position_embedding(clip)
     ids = torch.tensor([[t for t, *_ in chunk] for chunk in tokens["l"]], device=pos.device)
@@ -663,7 +663,7 @@ def bench_clip(report, encoder, clip, tokens, device, quick):
 
 def bench_reuse(report, pack, device):
     """A second load of the same detector files must be a cache hit (no new onnxruntime session)."""
-    from .detect import load_detector
+    from .faces.detect import load_detector
     first = load_detector(pack, device=device)
     times = measure(lambda: load_detector(pack, device=device), 20, warmup=1)
     same = load_detector(pack, device=device) is first
@@ -675,8 +675,8 @@ def bench_reuse(report, pack, device):
 
 def encoder_flops() -> dict:
     """Floating-point operations of one face through MSID + mapping, by kind (multiply-add = 2)."""
-    from .mapping import EXPRESSION_DIM, HIDDEN_DIM, IDENTITY_DIM, TOKEN_DIM
-    from .msid import IMAGE_SIZE, MLP_HIDDEN, PATCH_SIZE, TAPS, WIDTH
+    from .models.mapping import EXPRESSION_DIM, HIDDEN_DIM, IDENTITY_DIM, TOKEN_DIM
+    from .models.msid import IMAGE_SIZE, MLP_HIDDEN, PATCH_SIZE, TAPS, WIDTH
     n = (IMAGE_SIZE // PATCH_SIZE) ** 2 + 1
     full = TAPS[-1]  # blocks 0 .. 10 run on all rows; block 11, the last tap, for the CLS row only
     per_block = 2 * n * WIDTH * (3 * WIDTH + WIDTH + 2 * MLP_HIDDEN)
@@ -889,7 +889,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         files = prepare_weights(work, args.models, recipe, report)
         report.config["weights"] = files["source"]
-        from .encoder import load_encoder
+        from .identity.encoder import load_encoder
         encoder = load_encoder(files["msid"][1], files["mapping"][1], device=device)
 
         if "load" in sections:
@@ -937,7 +937,7 @@ def main(argv=None) -> int:
 def make_detector(models_dir, work: Path, device: str, report: Report):
     """(FaceDetector, pack folder, synthetic?) or (None, None, True) when none can be built."""
     if models_dir:
-        from .model_files import find_models
+        from .weights.files import find_models
         try:
             pack = find_models(models_dir)["pack"]
             return _first_load(pack, device, report), pack, False
@@ -963,7 +963,7 @@ def make_detector(models_dir, work: Path, device: str, report: Report):
 
 
 def _first_load(pack, device, report):
-    from .detect import load_detector
+    from .faces.detect import load_detector
     t0 = time.perf_counter()
     detector = load_detector(pack, device=device)
     report.config["detector_load_ms"] = round((time.perf_counter() - t0) * 1e3, 1)

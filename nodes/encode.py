@@ -6,7 +6,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..f2d_core import choices
-from ..f2d_core.pipeline import encode_images
+from ..f2d_core.identity.pipeline import encode_images
 from .types import F2DEncoder, F2DFace
 
 

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..f2d_core.choices import parse_vector
 from ..f2d_core.errors import F2DError
-from ..f2d_core.expression import expression_from_strength
+from ..f2d_core.identity.expression import expression_from_strength
 from .types import F2DEncoder, F2DExpression
 
 NEUTRAL, VECTOR, REFERENCE = "neutral", "vector", "from reference image(s)"

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..f2d_core.errors import F2DError
-from ..f2d_core.identity import SUFFIX, FaceIdentity
+from ..f2d_core.identity.face_file import SUFFIX, FaceIdentity
 from . import paths
 from .types import F2DFace
 

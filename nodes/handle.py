@@ -11,7 +11,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..f2d_core import load_encoder
-from ..f2d_core.encoder import F2DEncoder
+from ..f2d_core.identity.encoder import F2DEncoder
 
 
 class _Patchable(nn.Module):
@@ -35,7 +35,7 @@ class EncoderHandle:
                                                         load_device=load_device, offload_device=offload_device)
         self.detector = detector
         self.detector_name = detector_name
-        self.expression_model = None  # f2d_core.expression.ExpressionRegressor, optional
+        self.expression_model = None  # f2d_core.identity.expression.ExpressionRegressor, optional
         self._expression_patcher = None
 
     def with_parts(self, detector, detector_name, expression=None) -> "EncoderHandle":
@@ -107,7 +107,7 @@ def _auto_dtype(encoder, load_device) -> torch.dtype:
                                     (torch.bfloat16, mm.should_use_bf16(load_device))) if ok]
     if not candidates:
         return torch.float32
-    from ..f2d_core.precision import choose_dtype
+    from ..f2d_core.identity.precision import choose_dtype
     try:
         return choose_dtype(encoder, load_device, candidates=candidates)
     except RuntimeError as e:  # a kernel this GPU lacks: the safe choice, said once in the log
@@ -125,7 +125,7 @@ def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> En
         if dtype is None:
             dtype = _auto_dtype(encoder, load_device)
         if dtype != torch.float32:
-            from ..f2d_core.precision import cast_encoder
+            from ..f2d_core.identity.precision import cast_encoder
             encoder = cast_encoder(encoder, dtype)
         _cache.clear()  # one encoder at a time: a new file replaces the old one
         _cache[key] = EncoderHandle(encoder, load_device, offload_device)
@@ -136,7 +136,7 @@ def load_expression(path, load_device, offload_device):
     """(Deep3DFaceRecon regressor, its ModelPatcher), built once per file (fp32: small, runs rarely).
     One patcher per model: ComfyUI tracks patchers weakly, and a dropped one that was on the GPU
     would leave the weights there unaccounted for."""
-    from ..f2d_core.expression import load_expression_model
+    from ..f2d_core.identity.expression import load_expression_model
     key = (_file_key(path), str(load_device), str(offload_device))
     if key not in _expression_cache:
         _expression_cache.clear()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core import inject
-from ..f2d_core.conditioning import blend_conditioning, require_sd1
+from ..f2d_core.text import inject
+from ..f2d_core.text.conditioning import blend_conditioning, require_sd1
 from ..f2d_core.errors import F2DError
 from .types import F2DEncoder, F2DExpression, F2DFace
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..f2d_core import choices
-from ..f2d_core.detect import load_detector
+from ..f2d_core.faces.detect import load_detector
 from . import paths
 from .handle import load_expression, load_handle
 from .types import F2DEncoder

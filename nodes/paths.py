@@ -5,10 +5,10 @@ import os
 
 import folder_paths
 
-from ..f2d_core.detect import list_insightface_packs
+from ..f2d_core.faces.detect import list_insightface_packs
 from ..f2d_core.errors import ModelFilesMissing
-from ..f2d_core.identity import SUFFIX as IDENTITY_SUFFIX
-from ..f2d_core.recognize import list_recognizer_packs
+from ..f2d_core.identity.face_file import SUFFIX as IDENTITY_SUFFIX
+from ..f2d_core.faces.recognize import list_recognizer_packs
 
 F2D_FOLDER = "face2diffusion"
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors"}

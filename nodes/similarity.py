@@ -5,7 +5,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..f2d_core.similarity import load_identity_scorer
+from ..f2d_core.faces.similarity import load_identity_scorer
 from . import paths
 
 DEVICES = ("auto", "cpu")

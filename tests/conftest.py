@@ -66,7 +66,7 @@ def tokenizer():
 
 def build_clip_text(state_dict, config: dict):
     """transformers CLIPTextModel from a recipe-format state dict, without a random init."""
-    from f2d_core.text_encoder import clip_text_model
+    from f2d_core.text.clip import clip_text_model
     return clip_text_model(state_dict, config)
 
 

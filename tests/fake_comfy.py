@@ -30,7 +30,7 @@ from pathlib import Path
 
 DATA = Path(__file__).with_name("data")
 
-# Server-side websocket framing, written separately from f2d_core.websocket so that the client is
+# Server-side websocket framing, written separately from f2d_core.client.websocket so that the client is
 # checked against an independent implementation (and this file imports nothing from f2d_core).
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import onnx_models as om
+import synthetic_onnx as om
 
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                         [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
@@ -112,7 +112,7 @@ def save(model, path) -> str:
 
 def make_pack(folder, fixed_face: bool = True, recognizer_name: str = "w600k_r50.onnx", **recognizer_kw):
     """An insightface-like pack folder: det_10g.onnx (fixed-face, or the painted-square SCRFD of
-    onnx_models) + a colour recognizer. Returns the folder."""
+    synthetic_onnx) + a colour recognizer. Returns the folder."""
     from pathlib import Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

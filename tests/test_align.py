@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from f2d_core import F2DError, align
-from f2d_core.images import to_rgb_uint8
+from f2d_core import to_pixels
+from f2d_core.faces import align
+from f2d_core import F2DError
+from f2d_core.faces.images import to_rgb_uint8
 
 
 def random_face_points(rng):
@@ -95,12 +97,12 @@ def test_unusable_images_are_explained(bad, match):
 
 def test_to_pixels_refuses_unaligned_input():
     with pytest.raises(F2DError, match=r"\(112, 112, 3\).*Align the face first"):
-        align.to_pixels(np.zeros((100, 100, 3), np.uint8))
+        to_pixels(np.zeros((100, 100, 3), np.uint8))
 
 
 def test_to_pixels_batches():
     crops = np.zeros((3, 112, 112, 3), np.uint8)
     crops[1] = 255
-    px = align.to_pixels(crops)
+    px = to_pixels(crops)
     assert px.shape == (3, 3, 112, 112) and px.dtype == torch.float32
     assert px[0].eq(-1).all() and px[1].eq(1).all()

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from f2d_core import CheckpointError, load_encoder
-from f2d_core.checkpoint import convert, expected_shapes, load_checkpoint, read_state_dict
+from f2d_core.weights.checkpoint import convert, expected_shapes, load_checkpoint, read_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

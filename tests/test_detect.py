@@ -1,6 +1,6 @@
 """Face detection: SCRFD / 1k3d68 model files run without the insightface package.
 
-The synthetic models (tests/onnx_models.py) turn painted squares into faces: a square
+The synthetic models (tests/synthetic_onnx.py) turn painted squares into faces: a square
 exactly over one cell of stride s, red R, green STRIDE_GREEN[s], is one face of score
 R/255 whose box and keypoints are fixed offsets from the cell's top-left corner. So every
 expected box below is computed by hand, and insightface's own classes decode the same
@@ -16,12 +16,12 @@ import onnx
 import onnxruntime
 import pytest
 
-import onnx_models as om
-from f2d_core import onnx_session
-from f2d_core.detect import (Face, FaceDetector, find_detector_files, list_insightface_packs,
+import synthetic_onnx as om
+from f2d_core.faces import onnx as onnx_session
+from f2d_core.faces.detect import (Face, FaceDetector, find_detector_files, list_insightface_packs,
                              load_detector, select_face)
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
-from f2d_core.onnx_session import make_session, read_graph_summary
+from f2d_core.faces.onnx import make_session, read_graph_summary
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,14 @@ from PIL import Image
 
 import recognizer_onnx as ro
 from conftest import TOKENIZER_DIR
-from f2d_core import metrics
-from f2d_core.clip_score import ClipEmbedder
+from f2d_core.evaluate import metrics
+from f2d_core.evaluate.clip_score import ClipEmbedder
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing
-from f2d_core.comfy_client import ComfyError
+from f2d_core.client.comfy import ComfyError
 from f2d_core.evaluate import main
 from f2d_core.evaluate.dispatch import Dispatcher, NoServerLeft
 from f2d_core.evaluate.jobs import PAPER_PROMPTS, Face, find_faces, make_jobs, read_prompts
-from f2d_core.workflow import MissingNodeTypes
+from f2d_core.client.workflow import MissingNodeTypes
 from fake_comfy import FakeComfy, fake_object_info, run_within
 
 WORKFLOW = str(Path(__file__).with_name("data") / "f2d_test_workflow.json")
@@ -159,7 +159,7 @@ def test_scores_are_the_metrics_of_the_saved_images(two_servers_one_dying, model
     out = two_servers_one_dying["out"]
     rows = list(csv.DictReader(open(out / "results.csv")))
     clip = ClipEmbedder(models["clip"])
-    from f2d_core.similarity import load_identity_scorer
+    from f2d_core.faces.similarity import load_identity_scorer
     scorer = load_identity_scorer(models["pack"], device="cpu")
 
     def crop_embedding(rgb):

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-import onnx_models as om
+import synthetic_onnx as om
 from f2d_core import CheckpointError, F2DError, NoFaceError
-from f2d_core.checkpoint import convert, expected_shapes, load_checkpoint
-from f2d_core.detect import Face, FaceDetector
-from f2d_core.expression import (LM3D_TEMPLATE, align_for_recon, expression_from_strength,
-                                 load_expression_model, recon_points, split_coefficients)
+from f2d_core.weights.checkpoint import convert, expected_shapes, load_checkpoint
+from f2d_core.faces.detect import Face, FaceDetector
+from f2d_core.identity.expression import (LM3D_TEMPLATE, align_for_recon, expression_from_strength,
+                                          load_expression_model, recon_points)
+from f2d_core.models.deep3d import split_coefficients
 
 HEADS = [80, 64, 80, 3, 27, 2, 1]  # id, exp, tex, angle, gamma, (tx, ty), tz
 STAGES = [(64, 3), (128, 4), (256, 6), (512, 3)]  # resnet50: (planes, blocks), expansion 4
@@ -261,7 +262,7 @@ def test_crop_equals_their_align_img(hw, centre, eyes, angle):
 def test_past_the_size_limit_only_the_window_is_resampled_within_2_levels(monkeypatch):
     """A small face in a large photo would need a huge rescaled copy; the window resampling used
     instead moves a few pixels by at most 2 levels and keeps the same matrix."""
-    import f2d_core.expression as ex
+    import f2d_core.identity.expression as ex
     img = smooth_noise(500, 700, seed=5)
     lm = face_points(350, 260, 25)
     exact, M = align_for_recon(img, lm)

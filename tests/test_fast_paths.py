@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f2d_core import msid
-from f2d_core.images import to_rgb_uint8
-from f2d_core.msid import TAPS, Block, MSIDEncoder
-from f2d_core.precision import probe_pixels
+from f2d_core.models import msid
+from f2d_core.faces.images import to_rgb_uint8
+from f2d_core.models.msid import TAPS, Block, MSIDEncoder
+from f2d_core.identity.precision import probe_pixels
 
 
 def close(a, b, atol=1e-5):
@@ -82,8 +82,8 @@ def test_gradients_still_flow_through_msid():
 
 
 def test_onnxruntime_threads_do_not_spin_after_a_run(tmp_path):
-    from f2d_core import synthetic_onnx as so
-    from f2d_core.onnx_session import make_session
+    from tests import synthetic_onnx as so
+    from f2d_core.faces.onnx import make_session
     session = make_session(so.save(so.scrfd_model(), tmp_path / "det.onnx"), "cpu")
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -99,7 +99,7 @@ def test_float_images_convert_exactly_as_clip_scale_round():
 
 
 def test_large_cpu_batches_are_encoded_in_chunks_with_the_same_result(encoder):
-    from f2d_core.encoder import CPU_CHUNK
+    from f2d_core.identity.encoder import CPU_CHUNK
     pixels = probe_pixels(CPU_CHUNK + 3)
     with torch.inference_mode():
         whole = encoder.msid(pixels)

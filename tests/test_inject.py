@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from f2d_core import TriggerError, inject, text_encoder
-from f2d_core.inject import BOS, EOS
+from f2d_core.text import inject
+from f2d_core.text import clip as text_encoder
+from f2d_core import TriggerError
+from f2d_core.text.inject import BOS, EOS
 
 F, L = 325, 331  # "f", "l"
 POS = torch.randn(77, 768, generator=torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from f2d_core import metrics
+from f2d_core.evaluate import metrics
 
 
 def test_identity_similarity_is_the_cosine_of_the_embeddings():

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from f2d_core import F2DError, inject
+from f2d_core.text import inject
+from f2d_core import F2DError
 from f2d_core.choices import face_policy, on_no_face, parse_vector, precision
-from f2d_core.conditioning import blend_conditioning, clip_family, require_sd1
+from f2d_core.text.conditioning import blend_conditioning, clip_family, require_sd1
 
 
 def test_face_choices_map_to_selection_policies():
@@ -59,7 +60,7 @@ def test_blending_mismatched_conditioning_is_refused():
 
 
 def test_class_word_replaces_the_trigger_at_strength_zero(tokenizer):
-    from f2d_core.text_encoder import tokenize
+    from f2d_core.text.clip import tokenize
     tokens = tokenize(tokenizer, "a photo of f l at the beach")
     replaced = inject.replace_trigger(tokens, [325, 331], inject.trigger_token_ids(tokenizer, "person"))
     assert replaced == tokenize(tokenizer, "a photo of person at the beach")
@@ -79,6 +80,6 @@ def test_non_sd1_clips_get_a_plain_message():
 
 def test_errors_carry_a_short_module_for_hosts_that_print_module_and_class():
     from f2d_core.errors import NoFaceError
-    from f2d_core.workflow import WorkflowError
+    from f2d_core.client.workflow import WorkflowError
     assert f"{NoFaceError.__module__}.{NoFaceError.__qualname__}" == "face2diffusion.NoFaceError"
     assert WorkflowError.__module__ == "face2diffusion" and issubclass(WorkflowError, F2DError)

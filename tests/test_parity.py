@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from f2d_core import align, inject, text_encoder
+from f2d_core import to_pixels
+from f2d_core.faces import align
+from f2d_core.text import inject
+from f2d_core.text import clip as text_encoder
 
 ATOL = 1e-4
 
@@ -31,23 +34,35 @@ def test_similarity_matrix_matches_official(parity):
     close(M, E["align.M"])
 
 
-def test_warp_is_exact_given_the_official_matrix(parity):
+# The warp is bilinear resampling, where exact float arithmetic and OpenCV's 1/32-pixel fixed
+# point (whose rounding changed in 5.1) disagree by one level on a handful of pixels. Measured on
+# this image: ours 4 values off by 1, OpenCV 5.1 5 values, OpenCV 5.0 none (of 37,632).
+WARP_LSB = 1
+WARP_MAX_FRACTION = 0.01
+
+
+def assert_within_one_level(actual, expected):
+    diff = np.abs(actual.astype(int) - expected.astype(int))
+    assert diff.max() <= WARP_LSB, f"warp differs by {diff.max()} levels"
+    assert (diff > 0).mean() < WARP_MAX_FRACTION, f"{(diff > 0).mean():.2%} of the values differ"
+
+
+def test_warp_matches_the_official_within_one_level_given_its_matrix(parity):
     E, _ = parity
     warped = align.warp(E["align.source_image_uint8"].numpy(), E["align.M"].numpy())
-    assert np.array_equal(warped, E["align.warped_uint8"].numpy())
+    assert_within_one_level(warped, E["align.warped_uint8"].numpy())
 
 
 def test_full_alignment_from_68_landmarks_within_one_level(parity):
     E, _ = parity
     l5 = align.landmarks68_to_5(E["align.landmarks68"].numpy())
     aligned, _ = align.align_face(E["align.source_image_uint8"].numpy(), l5)
-    diff = np.abs(aligned.astype(int) - E["align.warped_uint8"].numpy().astype(int))
-    assert diff.max() <= 1
+    assert_within_one_level(aligned, E["align.warped_uint8"].numpy())
 
 
 def test_pixels_are_rgb_in_minus_one_one(parity):
     E, _ = parity
-    close(align.to_pixels(E["align.warped_uint8"].numpy()), E["input.pixel_values"])
+    close(to_pixels(E["align.warped_uint8"].numpy()), E["input.pixel_values"])
 
 
 def test_msid_features(parity, encoder):
@@ -55,12 +70,18 @@ def test_msid_features(parity, encoder):
     close(encoder.identity_features(E["input.pixel_values"]), E["msid.features"])
 
 
+# One-level flips on 4 of 37,632 warped values move the features by 2.2e-4 here (OpenCV 5.1's
+# own warp: 2.7e-4; the kit saw 4.5e-4 for float64 landmarks). Everything after the warp is
+# ours and held to ATOL above; through the warp the bound is 1e-3, about twice the worst seen.
+END_TO_END_ATOL = 1e-3
+
+
 def test_msid_features_from_the_source_image_end_to_end(parity, encoder):
     E, _ = parity
     aligned, _ = align.align_face(E["align.source_image_uint8"].numpy(),
                                   align.landmarks68_to_5(E["align.landmarks68"].numpy()))
-    # the kit notes a 1-LSB warp difference may move features by ~5e-4; ours is bit-exact here
-    close(encoder.identity_features(align.to_pixels(aligned)), E["msid.features"])
+    torch.testing.assert_close(encoder.identity_features(to_pixels(aligned)), E["msid.features"],
+                               atol=END_TO_END_ATOL, rtol=0)
 
 
 def test_tokens_with_the_learned_null_expression(parity, encoder):

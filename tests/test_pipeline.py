@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-import onnx_models as om
-from f2d_core import F2DError, ModelFilesMissing, NoFaceError, align
-from f2d_core.detect import FaceDetector
-from f2d_core.identity import FaceIdentity
-from f2d_core.model_files import find_models
-from f2d_core.pipeline import encode_images
+import synthetic_onnx as om
+from f2d_core import to_pixels
+from f2d_core.faces import align
+from f2d_core import F2DError, ModelFilesMissing, NoFaceError
+from f2d_core.faces.detect import FaceDetector
+from f2d_core.identity.face_file import FaceIdentity
+from f2d_core.weights.files import find_models
+from f2d_core.identity.pipeline import encode_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +42,7 @@ def test_identity_is_the_mean_of_the_faces_features(encoder, detector):
     imgs = [photo(5, 5), photo(10, 8, blue=120)]
     ident = encode_images(encoder, imgs, detector)
     crops = [align.align_face(im, detector.detect(im)[0].alignment_points())[0] for im in imgs]
-    per_face = encoder.identity_features(align.to_pixels(np.stack(crops)))
+    per_face = encoder.identity_features(to_pixels(np.stack(crops)))
     torch.testing.assert_close(ident.features_per_face, per_face)
     torch.testing.assert_close(ident.features, per_face.mean(0))
     s1, s2 = encoder.face_tokens(per_face.mean(0, keepdim=True))
@@ -113,7 +115,7 @@ def test_identity_file_round_trip_is_exact_and_atomic(encoder, detector, tmp_pat
 
 
 def test_loading_something_else_as_an_identity_is_explained(official_weights, tmp_path):
-    from f2d_core.checkpoint import convert
+    from f2d_core.weights.checkpoint import convert
     p = str(tmp_path / "mapping.safetensors")
     convert(official_weights["mapping"], p)
     with pytest.raises(F2DError, match="not a Face2Diffusion identity file"):
@@ -186,7 +188,7 @@ def test_skip_also_leaves_out_a_photo_without_the_requested_face_index(encoder, 
 
 def test_an_identity_file_with_wrong_token_shapes_is_explained(tmp_path):
     from safetensors.torch import save_file
-    from f2d_core.identity import FORMAT
+    from f2d_core.identity.face_file import FORMAT
     p = tmp_path / "odd.f2d.safetensors"
     save_file({"features": torch.zeros(1536), "s1": torch.zeros(1024), "s2": torch.zeros(768)}, str(p),
               metadata={"format": FORMAT})

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from f2d_core.precision import cast_encoder, choose_dtype, probe_pixels, token_error
+from f2d_core.identity.precision import cast_encoder, choose_dtype, probe_pixels, token_error
 
 
 def test_the_cpu_keeps_fp32_by_default(encoder):
@@ -20,7 +20,7 @@ def test_a_candidate_beyond_the_tolerance_falls_back_to_fp32(encoder):
 
 @pytest.mark.parametrize("faster", [torch.bfloat16, torch.float32])
 def test_timing_picks_the_faster_of_the_accepted_candidates_and_fp32(encoder, monkeypatch, faster):
-    from f2d_core import precision
+    from f2d_core.identity import precision
     monkeypatch.setattr(precision, "_seconds", lambda enc, pixels: 1.0 if enc.dtype == faster else 2.0)
     assert choose_dtype(encoder, "cpu", tol=0.5, candidates=(torch.bfloat16,), time_it=True) == faster
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(not MODELS, reason="set F2D_MODELS to a models f
 @pytest.mark.parametrize("use_68", [False, True], ids=["5-point", "68-point"])
 def test_official_demo_faces_reproduce_the_authors_features(use_68):
     from f2d_core import load_encoder
-    from f2d_core.detect import find_detector_files, load_detector
-    from f2d_core.model_files import find_models
-    from f2d_core.pipeline import encode_images
+    from f2d_core.faces.detect import find_detector_files, load_detector
+    from f2d_core.weights.files import find_models
+    from f2d_core.identity.pipeline import encode_images
     m = find_models(MODELS)
     if use_68 and find_detector_files(m["pack"])[1] is None:
         pytest.skip(f"no 1k3d68.onnx in {m['pack']}")

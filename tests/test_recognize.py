@@ -14,14 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-import onnx_models as om
+import synthetic_onnx as om
 import recognizer_onnx as ro
 from conftest import FACES
-from f2d_core.detect import FaceDetector
+from f2d_core.faces.detect import FaceDetector
 from f2d_core.errors import CheckpointError, ModelFilesMissing, NoFaceError
-from f2d_core.recognize import (ArcFaceRecognizer, find_recognizer_file, list_recognizer_packs,
+from f2d_core.faces.recognize import (ArcFaceRecognizer, find_recognizer_file, list_recognizer_packs,
                                 load_recognizer)
-from f2d_core.similarity import IdentityScorer, load_identity_scorer
+from f2d_core.faces.similarity import IdentityScorer, load_identity_scorer
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,6 @@ def test_real_photos_match_themselves_and_not_each_other(tmp_path):
 
 
 def test_the_recognisers_template_is_the_alignment_template():
-    from f2d_core.align import ARCFACE_TEMPLATE
-    from f2d_core.recognize import ARCFACE_TEMPLATE_112
+    from f2d_core.faces.align import ARCFACE_TEMPLATE
+    from f2d_core.faces.recognize import ARCFACE_TEMPLATE_112
     assert np.array_equal(ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE)

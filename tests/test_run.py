@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from f2d_core.comfy_client import ComfyClient, ComfyError, PromptRejected
-from f2d_core.comfy_server import ServerStartError, start_server
-from f2d_core.run import DEFAULT_WORKFLOW, main, workflow_trigger
-from f2d_core.websocket import BINARY, TEXT, WebSocket, WebSocketError, build_frame, mask, parse_frame
+from f2d_core.client.comfy import ComfyClient, ComfyError, PromptRejected
+from f2d_core.client.server import ServerStartError, start_server
+from f2d_core.client.run import DEFAULT_WORKFLOW, main, workflow_trigger
+from f2d_core.client.websocket import BINARY, TEXT, WebSocket, WebSocketError, build_frame, mask, parse_frame
 from fake_comfy import (CLOSE, PING, PONG, FakeComfy, client_frame, fake_object_info, run_within, server_frame,
                         tiny_png)
 
@@ -169,7 +169,7 @@ def test_several_photos_of_one_person_are_letterboxed_and_batched(tmp_path, caps
 def multi_reference_workflow(tmp_path) -> str:
     """The test workflow as an API prompt with three face LoadImage nodes batched into the encoder,
     the shape of workflows/face2diffusion_multi_reference.json."""
-    from f2d_core.workflow import load_workflow, to_api
+    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["20"] = {"class_type": "LoadImage", "inputs": {"image": "face2.jpg"}}
     api["21"] = {"class_type": "LoadImage", "inputs": {"image": "face3.jpg"}}
@@ -200,7 +200,7 @@ def test_a_workflow_with_one_loader_per_photo_needs_that_many_photos(tmp_path, c
 
 
 def test_a_workflow_with_two_face_encoders_is_refused(tmp_path, capsys):
-    from f2d_core.workflow import load_workflow, to_api
+    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["30"] = json.loads(json.dumps(api["4"]))
     (tmp_path / "two.json").write_text(json.dumps(api))
@@ -236,7 +236,7 @@ def test_a_prompt_without_the_trigger_fails_before_any_server_is_contacted(tmp_p
 
 
 def test_the_trigger_checked_is_the_one_the_workflow_sets(tmp_path, capsys):
-    from f2d_core.workflow import load_workflow, to_api
+    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["5"]["inputs"]["trigger"] = "sks"
     (tmp_path / "sks.json").write_text(json.dumps(api))
@@ -325,8 +325,8 @@ def test_unreachable_server_says_so(tmp_path, capsys):
 
 
 def test_missing_default_workflow_says_to_pass_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("f2d_core.run.DEFAULT_WORKFLOW", str(tmp_path / "workflows" / "none.json"))
-    import f2d_core.run as r
+    monkeypatch.setattr("f2d_core.client.run.DEFAULT_WORKFLOW", str(tmp_path / "workflows" / "none.json"))
+    import f2d_core.client.run as r
     args = r.build_parser().parse_args(["--server", "http://127.0.0.1:9", "--face", photo(tmp_path / "a.png"),
                                         "--prompt", "f l", "--workflow", r.DEFAULT_WORKFLOW])
     with pytest.raises(r.WorkflowError, match="default workflow .* is missing .*--workflow"):

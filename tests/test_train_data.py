@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import onnx_models as om
+import synthetic_onnx as om
 import tiny_train as tt
 from f2d_core.errors import F2DError
 from f2d_core.train.crops import ffhq_quad, sd_crop_matrix, transform_points, warp
@@ -94,7 +94,7 @@ def test_a_flipped_sample_is_the_mirror_of_every_crop(faces):
 
 
 def test_the_msid_crop_is_the_engines_alignment(faces):
-    from f2d_core.align import align_face
+    from f2d_core.faces.align import align_face
     root, lm = faces
     rec = build_index(root, landmarks_file=lm)[0]
     img = np.asarray(Image.open(os.path.join(root, rec.path)).convert("RGB"))
@@ -116,7 +116,7 @@ def test_sample_order_is_a_function_of_the_sample_number():
 
 
 def test_index_detects_once_and_caches(tmp_path, caplog):
-    from f2d_core.detect import FaceDetector
+    from f2d_core.faces.detect import FaceDetector
     det = FaceDetector(om.save(om.scrfd_model(), tmp_path / "det_10g.onnx"), device="cpu")
     calls = []
 
@@ -151,7 +151,7 @@ def test_without_landmarks_or_detector_the_error_says_what_to_give(faces):
 
 
 def test_user_landmarks_may_be_68_points(tmp_path):
-    from f2d_core.align import landmarks68_to_5
+    from f2d_core.faces.align import landmarks68_to_5
     img, _ = tt.face_image(0, 96)
     Image.fromarray(img).save(tmp_path / "a.png")
     l68 = np.random.default_rng(0).uniform(20, 70, (68, 2)).astype(np.float32)

@@ -75,7 +75,7 @@ def test_expression_dropout_rate_over_many_draws():
 
 
 def test_dropped_samples_get_null_exp_in_the_mapping():
-    from f2d_core.mapping import MappingNetwork
+    from f2d_core.models.mapping import MappingNetwork
     torch.manual_seed(0)
     m = MappingNetwork().eval()
     with torch.no_grad():

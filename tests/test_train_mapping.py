@@ -111,7 +111,7 @@ def test_checkpoint_round_trips_into_load_encoder(faces, tmp_path):
     from safetensors import safe_open
 
     from f2d_core import load_encoder
-    from f2d_core.checkpoint import expected_shapes
+    from f2d_core.weights.checkpoint import expected_shapes
     tr = trainer(faces, tmp_path, steps=1)
     tr.run()
     out = tmp_path
@@ -135,7 +135,7 @@ def test_the_command_line_trains_end_to_end(faces, tmp_path):
     from PIL import Image
 
     from f2d_core import load_encoder
-    from f2d_core.expression import ReconNet
+    from f2d_core.models.deep3d import ReconNet
     from f2d_core.train.__main__ import main
     from f2d_core.train.parsing import BiSeNet
     root, lm = faces

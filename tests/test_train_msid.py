@@ -50,8 +50,8 @@ def test_msid_loss_decreases_on_separable_identities(people, tmp_path):
 
 def test_msid_checkpoint_has_the_official_layout_and_loads(people, tmp_path):
     from f2d_core import load_encoder
-    from f2d_core.checkpoint import expected_shapes
-    from f2d_core.mapping import MappingNetwork
+    from f2d_core.weights.checkpoint import expected_shapes
+    from f2d_core.models.mapping import MappingNetwork
     tr = msid_trainer(people, tmp_path, steps=1, save_every=1)
     tr.run()
     sd = torch.load(tmp_path / "msid.pt", map_location="cpu", weights_only=True)

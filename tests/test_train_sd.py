@@ -97,8 +97,8 @@ def test_built_in_prompt_ids_are_the_sd1_tokenizers(tokenizer):
 def test_training_injection_is_the_inference_injection(parts):
     """Batched training conditioning = the engine's inject_face + encode_token_chunks per sample, and
     = the official form: the token+position embedding rows of "f l" overwritten by S* (spec §1.9)."""
-    from f2d_core import inject
-    from f2d_core.text_encoder import encode_token_chunks, position_embedding, text_transformer
+    from f2d_core.text import inject
+    from f2d_core.text.clip import encode_token_chunks, position_embedding, text_transformer
     from f2d_core.train.conditioning import PromptEncoder, token_chunk
     text = parts.text_encoder
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from f2d_core.errors import F2DError
-from f2d_core.workflow import (MissingNodeTypes, WorkflowError, find_nodes, get_input, load_workflow,
+from f2d_core.client.workflow import (MissingNodeTypes, WorkflowError, find_nodes, get_input, load_workflow,
                                set_input, to_api, widget_layout)
 
 DATA = Path(__file__).with_name("data")

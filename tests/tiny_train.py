@@ -222,7 +222,7 @@ def write_landmarks(path, marks: dict):
 
 def random_msid(path, seed=0):
     """A random MSID encoder in the official msid.pt layout (BN statistics included)."""
-    from f2d_core.msid import MSIDEncoder
+    from f2d_core.models.msid import MSIDEncoder
     torch.manual_seed(seed)
     m = MSIDEncoder()
     with torch.no_grad():

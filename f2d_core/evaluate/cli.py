@@ -8,16 +8,16 @@ import sys
 import time
 from types import SimpleNamespace
 
-from .. import run as runner
-from ..detect import find_detector_files
+from ..client import run as runner
+from ..faces.detect import find_detector_files
 from ..cli import run_command
 from ..errors import F2DError
-from ..faces import face_uploads
-from ..recognize import find_recognizer_file
-from ..workflow import load_workflow
+from ..client.uploads import face_uploads
+from ..faces.recognize import find_recognizer_file
+from ..client.workflow import load_workflow
 from . import report
 from .dispatch import Dispatcher
-from ..model_files import file_sha256
+from ..weights.files import file_sha256
 from .jobs import (PAPER_PROMPTS, check_settings, find_faces, make_jobs, pending, read_prompts,
                    settings_record)
 from .progress import progress_bar
@@ -110,8 +110,8 @@ def generate(args, workflow: dict, todo: list, total: int) -> None:
 
 
 def score_and_report(args, faces, jobs, prompts, seeds, generation) -> dict:
-    from ..clip_score import ClipEmbedder
-    from ..similarity import load_identity_scorer
+    from .clip_score import ClipEmbedder
+    from ..faces.similarity import load_identity_scorer
     device = args.device
     if device == "auto":
         import torch

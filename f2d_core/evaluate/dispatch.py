@@ -19,9 +19,9 @@ import queue
 import threading
 from typing import Callable
 
-from ..comfy_client import ComfyClient, ComfyError, ExecutionFailed, PromptRejected
+from ..client.comfy import ComfyClient, ComfyError, ExecutionFailed, PromptRejected
 from ..errors import F2DError, ModelFilesMissing
-from ..workflow import MissingNodeTypes
+from ..client.workflow import MissingNodeTypes
 
 # what a server can be dropped for: the others may well not have the same problem
 SERVER_PROBLEMS = (ComfyError, MissingNodeTypes, ModelFilesMissing)

@@ -14,15 +14,14 @@ import os
 from dataclasses import dataclass
 
 from ..errors import F2DError
-from ..model_files import file_sha256
-from .. import run as runner
-from ..run import face_label, read_prompt_file, trigger_pattern
+from ..weights.files import file_sha256
+from ..client import run as runner
+from ..client.run import face_label, read_prompt_file, trigger_pattern
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TRIGGER = "f l"
 REFERENCE_PROMPT = "a photo of f l"
-PAPER_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
-                             "paper_prompts.txt")
+PAPER_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_prompts.txt")
 _TRIGGER_RE = trigger_pattern(TRIGGER)
 
 

@@ -7,7 +7,7 @@ import os
 import textwrap
 from collections import defaultdict
 
-from .. import metrics
+from . import metrics
 from .jobs import Job
 from .scoring import COLUMNS
 

@@ -1,4 +1,4 @@
-"""Per-image scores of the generated images (see f2d_core.metrics for the definitions).
+"""Per-image scores of the generated images (see f2d_core.evaluate.metrics for the definitions).
 
 identity   ArcFace similarity to the face photo(s), clipped to [0, 1], 0 without a face
 clip_t     CLIP score of the image and the prompt, "f l" read as the subject ("a person")
@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from .. import metrics
-from ..images import to_rgb_uint8
+from . import metrics
+from ..faces.images import to_rgb_uint8
 from .jobs import Job, subject_text
 
 NEUTRAL_TEXT = "A photo of a person"

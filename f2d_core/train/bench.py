@@ -84,8 +84,9 @@ class RandomIdentities(torch.utils.data.Dataset):
 
 
 def _mapping_trainer(args, out, device):
-    from ..expression import ExpressionRegressor, ReconNet
-    from ..msid import MSIDEncoder
+    from ..identity.expression import ExpressionRegressor
+    from ..models.deep3d import ReconNet
+    from ..models.msid import MSIDEncoder
 
     from .expression import RegressorExpression
     from .mapping_trainer import Components, MappingConfig, MappingTrainer

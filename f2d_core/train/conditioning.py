@@ -1,8 +1,8 @@
 """Prompts -> UNet conditioning during training, with S* injected exactly as at inference.
 
-Every sample's identity tokens S1*, S2* go through `f2d_core.inject.inject_face` (which
+Every sample's identity tokens S1*, S2* go through `f2d_core.text.inject.inject_face` (which
 puts S* - position_embedding[slot] where "f l" stands, since the official code overwrites
-token + position embeddings) and `f2d_core.text_encoder.encode_token_chunks` (which writes
+token + position embeddings) and `f2d_core.text.clip.encode_token_chunks` (which writes
 them into the frozen CLIP text encoder's token embeddings); both keep the autograd graph,
 so the loss reaches the mapping network through the frozen text encoder.
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import inject
+from ..text import inject
 from ..errors import F2DError
-from ..text_encoder import encode_token_chunks, position_embedding
+from ..text.clip import encode_token_chunks, position_embedding
 
 BOS, EOS = inject.BOS, inject.EOS
 TRAIN_PROMPT = "a photo of f l"

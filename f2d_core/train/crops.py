@@ -6,9 +6,9 @@
   the eyes, rotated with the eye line, of side max(4·|eye-to-eye|, 3.6·|eye-to-mouth|),
   resized to the SD resolution (512). Already FFHQ-aligned photos come out (nearly)
   unchanged.
-- the MSID crop: the engine's ArcFace 112×112 alignment (`f2d_core.align`), exactly as at
+- the MSID crop: the engine's ArcFace 112×112 alignment (`f2d_core.faces.align`), exactly as at
   inference.
-- the expression crop: Deep3DFaceRecon's own 224×224 crop (`f2d_core.expression`).
+- the expression crop: Deep3DFaceRecon's own 224×224 crop (`f2d_core.identity.expression`).
 
 FFHQ pads outside the photo by reflection and blurs the padding; we reflect without the
 blur. Large reductions are made by an area resize first, as FFHQ's "shrink" step does.

@@ -41,7 +41,7 @@ class FaceRecord:
     def alignment_points(self) -> np.ndarray:  # same rule as detect.Face
         if self.landmarks68 is None:
             return self.landmarks5
-        from ..align import landmarks68_to_5
+        from ..faces.align import landmarks68_to_5
         return landmarks68_to_5(self.landmarks68)
 
 
@@ -88,7 +88,7 @@ def _user_landmarks(path: str) -> dict:
         pts = v if isinstance(v, list) else v.get("landmarks68") or v.get("landmarks5")
         a = np.asarray(pts, np.float32)
         if a.shape == (68, 2):
-            from ..align import landmarks68_to_5
+            from ..faces.align import landmarks68_to_5
             out[rel] = {"landmarks5": landmarks68_to_5(a).tolist(), "landmarks68": a.tolist()}
         elif a.shape == (5, 2):
             out[rel] = {"landmarks5": a.tolist(), "landmarks68": None}
@@ -102,7 +102,7 @@ def build_index(root: str, detector=None, landmarks_file: str | None = None, cac
     """One FaceRecord per photo with a face. Landmarks come from `landmarks_file` when it lists
     the photo, else from `detector` (cached in `cache_path`, reused while the photo's size and
     mtime are unchanged). Photos without a face are left out and counted in the log."""
-    from ..detect import select_face
+    from ..faces.detect import select_face
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise F2DError(f"{root}: the data folder does not exist.")
@@ -192,7 +192,7 @@ class SampleStream:
 
 
 def to_msid_pixels(crops: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 112, 112) uint8 -> MSID input in [-1, 1], with f2d_core.align.to_pixels' exact arithmetic."""
+    """(B, 3, 112, 112) uint8 -> MSID input in [-1, 1], with f2d_core.models.msid.to_pixels' exact arithmetic."""
     return ((crops.double() / 255.0 - 0.5) / 0.5).float()
 
 
@@ -225,7 +225,7 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
-        from ..align import align_face
+        from ..faces.align import align_face
         rec = self.records[index]
         rgb = read_rgb(os.path.join(self.root, rec.path))
         m = self.crop_matrix(rec, rgb.shape)
@@ -233,7 +233,7 @@ class FaceDataset(torch.utils.data.Dataset):
                "id": align_face(rgb, rec.alignment_points(), rec.path)[0],
                "mask": landmark_mask(rec.landmarks5, rec.landmarks68, m, self.size)}
         if self.expression_crops:
-            from ..expression import align_for_recon, recon_points
+            from ..identity.expression import align_for_recon, recon_points
             out["exp"] = align_for_recon(rgb, recon_points(rec), rec.path)[0]
         if flip:
             out = {k: v[:, ::-1] for k, v in out.items()}
@@ -273,7 +273,7 @@ class AlignedFaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
-        from ..align import ALIGNED_SIZE, align_face
+        from ..faces.align import ALIGNED_SIZE, align_face
         rec = self.records[index]
         rgb = read_rgb(os.path.join(self.root, rec.path))
         if rgb.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):

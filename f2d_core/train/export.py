@@ -11,7 +11,7 @@ import torch
 
 def official_state_dict(module: torch.nn.Module, kind: str) -> "OrderedDict[str, torch.Tensor]":
     """The module's weights in the key order of the official file, fp32 (integer buffers kept), on the CPU."""
-    from ..checkpoint import expected_shapes
+    from ..weights.checkpoint import expected_shapes
     want = expected_shapes(kind)
     sd = module.state_dict()
     if set(sd) != set(want):

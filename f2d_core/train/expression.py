@@ -1,6 +1,6 @@
 """The expression input of the mapping network during training (paper §3.3, Eq. 4).
 
-Glue to the engine's expression regressor (`f2d_core.expression`, Deep3DFaceRecon's
+Glue to the engine's expression regressor (`f2d_core.identity.expression`, Deep3DFaceRecon's
 ResNet-50, frozen): Deep3DFaceRecon crops -> the 64 expression coefficients, raw (the
 paper does not say how they were normalised). Without a regressor every sample uses the
 learned null_exp, i.e. expression dropout with probability 1.
@@ -18,10 +18,10 @@ class ExpressionEncoder(Protocol):
 
 
 class RegressorExpression:
-    """ExpressionEncoder on top of f2d_core.expression's ExpressionRegressor."""
+    """ExpressionEncoder on top of f2d_core.identity.expression's ExpressionRegressor."""
 
     def __init__(self, regressor):
-        from ..expression import EXP_SLICE
+        from ..models.deep3d import EXP_SLICE
         self.regressor = regressor
         self.slice = EXP_SLICE
 
@@ -32,5 +32,5 @@ class RegressorExpression:
 
 def load_expression(path, device="cpu") -> ExpressionEncoder:
     """Deep3DFaceRecon's epoch_20.pth (or its .safetensors), as the engine loads it."""
-    from ..expression import load_expression_model
+    from ..identity.expression import load_expression_model
     return RegressorExpression(load_expression_model(path, device=device))

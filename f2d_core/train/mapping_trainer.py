@@ -150,8 +150,8 @@ class MappingTrainer(BaseTrainer):
             raise F2DError("not found: " + "; ".join(missing) + ". Check the paths.")
 
     def _load_components(self) -> Components:
-        from ..checkpoint import load_checkpoint
-        from ..msid import MSIDEncoder
+        from ..weights.checkpoint import load_checkpoint
+        from ..models.msid import MSIDEncoder
 
         from .sd import load_sd
         cfg = self.cfg
@@ -173,19 +173,19 @@ class MappingTrainer(BaseTrainer):
         cfg = self.cfg
         detector = None
         if cfg.detector:
-            from ..detect import load_detector
+            from ..faces.detect import load_detector
             detector = load_detector(cfg.detector, device="cpu")
         records = build_index(cfg.data, detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"))
         log.info("%d training faces in %s", len(records), cfg.data)
         return FaceDataset(cfg.data, records, cfg.resolution, self.c.expression is not None, cfg.crop)
 
     def _init_mapping(self):
-        from ..mapping import MappingNetwork
+        from ..models.mapping import MappingNetwork
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.cfg.seed, -1))
             mapping = MappingNetwork()  # PyTorch's default init, null_exp = 0 as the official module
         if self.cfg.init_mapping:
-            from ..checkpoint import load_checkpoint
+            from ..weights.checkpoint import load_checkpoint
             mapping.load_state_dict(load_checkpoint(self.cfg.init_mapping, "mapping"), strict=True)
         return mapping
 

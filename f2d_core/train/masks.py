@@ -26,7 +26,7 @@ def face_polygon(landmarks5, landmarks68=None, points: int = 48) -> np.ndarray:
         brows = l68[17:27]
         lift = (brows.mean(0) - l68[8]) * 0.2
         return cv2.convexHull(np.concatenate([l68[:17], brows + lift]).astype(np.float32))[:, 0].astype(np.float64)
-    from ..align import similarity_matrix
+    from ..faces.align import similarity_matrix
     (cx, cy), (ax, ay) = TEMPLATE_ELLIPSE
     a = np.linspace(0, 2 * np.pi, points, endpoint=False)
     ellipse = np.stack([cx + ax * np.cos(a), cy + ay * np.sin(a), np.ones_like(a)], 1)

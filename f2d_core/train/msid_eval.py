@@ -36,7 +36,7 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def tap_similarities(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
     """(N, 1536) x2 -> (N, 5) cosine similarity per 384-d tap and of the whole vector."""
-    from ..msid import TAPS, WIDTH
+    from ..models.msid import TAPS, WIDTH
     cols = [torch.nn.functional.cosine_similarity(features_a[:, i * WIDTH:(i + 1) * WIDTH],
                                                   features_b[:, i * WIDTH:(i + 1) * WIDTH], dim=1)
             for i in range(len(TAPS))]
@@ -99,8 +99,8 @@ def read_triplets(path: str, paths: list[str]) -> list[tuple[int, int, int]]:
 
 def run_eval(data: str, msid_path: str, out: str | None = None, triplets_csv: str | None = None,
              count: int = 2000, seed: int = 0, device: str = "cpu", batch_size: int = 256) -> dict:
-    from ..checkpoint import load_checkpoint
-    from ..msid import MSIDEncoder
+    from ..weights.checkpoint import load_checkpoint
+    from ..models.msid import MSIDEncoder
 
     from .data import AlignedFaceDataset, FaceRecord, identity_folders
     paths, labels, _ = identity_folders(data)

@@ -84,7 +84,7 @@ class MSIDTrainer(BaseTrainer):
     title = "MSID (multi-scale ArcFace)"
 
     def __init__(self, cfg: MSIDConfig, dataset=None, num_classes: int | None = None):
-        from ..msid import FEATURE_DIM, MSIDEncoder
+        from ..models.msid import FEATURE_DIM, MSIDEncoder
         cfg.check()
         self.setup_runtime(cfg)
         if cfg.schedule == "cosine":  # the decay is spread over --steps: it cannot change mid-run
@@ -97,7 +97,7 @@ class MSIDTrainer(BaseTrainer):
             self.msid = init_vit(MSIDEncoder(), cfg.seed)
             self.head = ArcFaceHead(FEATURE_DIM, self.num_classes, cfg.scale, cfg.margin)
         if cfg.init:
-            from ..checkpoint import load_checkpoint
+            from ..weights.checkpoint import load_checkpoint
             self.msid.load_state_dict(load_checkpoint(cfg.init, "msid"), strict=True)
         self.msid.to(self.device).train()
         self.head.to(self.device).train()
@@ -111,7 +111,7 @@ class MSIDTrainer(BaseTrainer):
         if cfg.detector or cfg.landmarks:
             detector = None
             if cfg.detector:
-                from ..detect import load_detector
+                from ..faces.detect import load_detector
                 detector = load_detector(cfg.detector, device="cpu")
             records = build_index(cfg.data, detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"),
                                   labels=labels)

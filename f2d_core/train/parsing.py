@@ -179,7 +179,7 @@ def load_parser(path, device="cpu", classes=FACE_CLASSES, size: int = PARSING_SI
     """zllrunning/face-parsing.PyTorch's 79999_iter.pth (or the same weights as .safetensors)."""
     import os
 
-    from ..checkpoint import read_state_dict
+    from ..weights.checkpoint import read_state_dict
     from ..errors import CheckpointError
     sd = read_state_dict(path)
     with torch.device("meta"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import CheckpointError
-from ..text_encoder import clip_text_model
+from ..text.clip import clip_text_model
 
 from .deps import require
 

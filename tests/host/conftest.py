@@ -161,8 +161,8 @@ def _link(src: Path, dst: Path):
 def f2d_models_dir(comfy_home, official_weights, tiny_sd15_checkpoint) -> Path:
     """ComfyUI-style models dir: face2diffusion/{msid,mapping}.pt (recipe weights, official
     format), insightface/models/buffalo_l/det_10g.onnx (the synthetic SCRFD detector of
-    tests/onnx_models.py) and checkpoints/tiny_sd15.safetensors."""
-    import onnx_models as om
+    tests/synthetic_onnx.py) and checkpoints/tiny_sd15.safetensors."""
+    import synthetic_onnx as om
     models = comfy_home / "models"
     _link(Path(official_weights["msid"]), models / "face2diffusion" / "msid.pt")
     _link(Path(official_weights["mapping"]), models / "face2diffusion" / "mapping.pt")

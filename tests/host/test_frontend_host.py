@@ -5,7 +5,7 @@ does) into the frontend the ComfyUI checkout serves (comfyui-frontend-package), 
 nodes and every model, image and option the workflow names present. The frontend must report no
 missing node type, no error, dialog or toast, and every combo value must be one of the options
 the server lists. Then the frontend's own conversion, `app.graphToPrompt().output`, must equal
-f2d_core.workflow.to_api(workflow, /object_info): same nodes, class types, widget values and
+f2d_core.client.workflow.to_api(workflow, /object_info): same nodes, class types, widget values and
 links (`_meta` is not compared; 1 and 1.0 are the same number, as in JSON from a browser).
 
 Needs, besides the host tests' COMFYUI_PATH (see conftest):
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from f2d_core.workflow import load_workflow, to_api
+from f2d_core.client.workflow import load_workflow, to_api
 
 from .conftest import REPO, SENTINEL_NODE
 

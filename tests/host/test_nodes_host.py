@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-import onnx_models as om
-from f2d_core import inject, text_encoder
-from f2d_core.workflow import find_nodes, load_workflow, set_input, to_api
+import synthetic_onnx as om
+from f2d_core.text import inject
+from f2d_core.text import clip as text_encoder
+from f2d_core.client.workflow import find_nodes, load_workflow, set_input, to_api
 
 from .conftest import CHECKPOINT_NAME, REPO
 
@@ -203,7 +204,7 @@ def extra_models(f2d_models_dir, recipe_clip_state_dict):
     """Files only some graphs need: random Deep3DFaceRecon weights in epoch_20.pth's layout, and the
     recipe's CLIP-L as a text encoder file (CLIPLoader with type sd3 makes a non-SD1 CLIP of it)."""
     from safetensors.torch import save_file
-    from f2d_core.expression import ReconNet
+    from f2d_core.models.deep3d import ReconNet
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(v.shape, generator=g) * 0.02 if v.is_floating_point() else v)
           for k, v in ReconNet().state_dict().items()}

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from f2d_core.comfy_client import ExecutionFailed, PromptRejected, output_images
-from f2d_core.comfy_server import guess_python, start_server
+from f2d_core.client.comfy import ExecutionFailed, PromptRejected, output_images
+from f2d_core.client.server import guess_python, start_server
 from f2d_core.errors import ModelFilesMissing
-from f2d_core.faces import face_uploads
-from f2d_core.model_check import check_models
-from f2d_core.faces import add_faces
-from f2d_core.workflow import to_api
+from f2d_core.client.uploads import face_uploads
+from f2d_core.client.model_check import check_models
+from f2d_core.client.uploads import add_faces
+from f2d_core.client.workflow import to_api
 
 pytestmark = pytest.mark.host
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -109,9 +109,9 @@ def test_a_node_error_comes_back_with_its_message(server, tmp_path):
 
 
 def painted_face(path, size):
-    """A photo the synthetic test detector (f2d_core.synthetic_onnx) sees one face in."""
+    """A photo the synthetic test detector (tests.synthetic_onnx) sees one face in."""
     import numpy as np
-    from f2d_core.synthetic_onnx import paint_face
+    from tests.synthetic_onnx import paint_face
     image = np.zeros((size[1], size[0], 3), np.uint8)
     paint_face(image, 32, 8, 8, scale=640 / max(size))
     Image.fromarray(image).save(path)
@@ -119,7 +119,7 @@ def painted_face(path, size):
 
 
 def run_basic(server, tmp_path, faces, *extra):
-    from f2d_core.run import main
+    from f2d_core.client.run import main
     from .conftest import CHECKPOINT_NAME, REPO
     argv = ["--server", server.url, "--workflow", str(REPO / "workflows" / "face2diffusion_basic.json"),
             "--checkpoint", CHECKPOINT_NAME, "--steps", "1", "--width", "64", "--height", "64",
@@ -156,9 +156,9 @@ def test_multi_reference_workflow_gets_one_photo_per_load_image(comfy_server, tm
 def test_a_prompt_without_the_trigger_is_refused_before_it_is_queued_and_the_node_says_why(comfy_server, tmp_path,
                                                                                            capsys):
     from types import SimpleNamespace
-    from f2d_core import run as runner
-    from f2d_core.comfy_client import ComfyClient, ExecutionFailed
-    from f2d_core.workflow import load_workflow
+    from f2d_core.client import run as runner
+    from f2d_core.client.comfy import ComfyClient, ExecutionFailed
+    from f2d_core.client.workflow import load_workflow
     from .conftest import CHECKPOINT_NAME, REPO
     face = painted_face(tmp_path / "me.png", (640, 640))
     rc = run_basic(comfy_server, tmp_path, [face], "--prompt", "a chef")

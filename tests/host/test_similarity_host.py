@@ -108,7 +108,7 @@ def test_the_node_runs_in_a_graph_and_shows_its_summary(comfy_server, eval_pack,
 
 def painted_face(path):
     """A photo the server's synthetic detector sees one face in."""
-    from f2d_core.synthetic_onnx import paint_face
+    from tests.synthetic_onnx import paint_face
     Image.fromarray(paint_face(np.zeros((640, 640, 3), np.uint8), 32, 8, 8)).save(path)
 
 

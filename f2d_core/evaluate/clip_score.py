@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .errors import CheckpointError, ModelFilesMissing
+from ..errors import CheckpointError, ModelFilesMissing
 
 _BATCH = 16
 

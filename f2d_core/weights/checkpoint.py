@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -30,17 +30,17 @@ class Kind:
 
 
 def _msid():
-    from .msid import MSIDEncoder
+    from ..models.msid import MSIDEncoder
     return MSIDEncoder()
 
 
 def _mapping():
-    from .mapping import MappingNetwork
+    from ..models.mapping import MappingNetwork
     return MappingNetwork()
 
 
 def _deep3d():
-    from .expression import ReconNet
+    from ..models.deep3d import ReconNet
     return ReconNet()
 
 

@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from .errors import F2DError
+from ..errors import F2DError
 from .websocket import WebSocket, WebSocketError
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from .errors import ModelFilesMissing
+from ..errors import ModelFilesMissing
 
 F2D_FOLDER = "face2diffusion"
 INSIGHTFACE_FOLDER = os.path.join("insightface", "models")
@@ -61,7 +61,7 @@ def find_models(models_dir: str, need_detector: bool = True, pack: str | None = 
             missing.append(f"{stem}.pt")
     found["pack"] = None
     if need_detector:
-        from .detect import list_insightface_packs
+        from ..faces.detect import list_insightface_packs
         root = os.path.join(models_dir, INSIGHTFACE_FOLDER)
         packs = list_insightface_packs(root) if os.path.isdir(root) else []
         if pack is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, ModelFilesMissing
-from .onnx_session import make_session, normalises_itself, read_graph_summary
+from ..errors import CheckpointError, ModelFilesMissing
+from .onnx import make_session, normalises_itself, read_graph_summary
 
 KNOWN_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")  # buffalo_l, antelopev2
 ARCFACE_TEMPLATE_112 = np.array(  # = align.ARCFACE_TEMPLATE; repeated so detection needs no torch

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import F2DError
+from ..errors import F2DError
 
 # Which model family a CLIP is, from the keys of its token lists.
 _FAMILIES = {

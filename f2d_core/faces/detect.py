@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
+from ..errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
 from .images import to_rgb_uint8
-from .onnx_session import make_session, normalises_itself, read_graph_summary
+from .onnx import make_session, normalises_itself, read_graph_summary
 
 KNOWN_DETECTORS = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")  # buffalo_l, antelopev2
 LANDMARK68 = "1k3d68.onnx"

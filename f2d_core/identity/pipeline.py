@@ -7,12 +7,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .align import ALIGNED_SIZE, align_face, to_pixels
-from .choices import ON_NO_FACE
+from ..faces.align import ALIGNED_SIZE, align_face
+from ..models.msid import to_pixels
+from ..choices import ON_NO_FACE
 from .encoder import F2DEncoder
-from .errors import F2DError, NoFaceError
-from .identity import FaceIdentity
-from .images import as_list, to_rgb_uint8
+from ..errors import F2DError, NoFaceError
+from .face_file import FaceIdentity
+from ..faces.images import as_list, to_rgb_uint8
 
 
 
@@ -27,7 +28,7 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
     on_no_face: "error" stops at the first image without a face; "skip" leaves it out
     (an error is still raised when no image is left).
     """
-    from .detect import select_face  # the detector is optional, keep its import local
+    from ..faces.detect import select_face  # the detector is optional, keep its import local
     if on_no_face not in ON_NO_FACE:
         raise F2DError(f"on_no_face must be one of {ON_NO_FACE}, got {on_no_face!r}")
     images = as_list(images)

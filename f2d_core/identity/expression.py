@@ -22,20 +22,17 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+from PIL import Image
 
-from .checkpoint import load_checkpoint
-from .choices import ON_NO_FACE
-from .errors import F2DError, NoFaceError
-from .images import as_list, to_rgb_uint8
+from ..models.deep3d import EXP_SLICE, ReconNet
+from ..weights.checkpoint import load_checkpoint
+from ..choices import ON_NO_FACE
+from ..errors import F2DError, NoFaceError
+from ..faces.detect import select_face
+from ..faces.images import as_list, to_rgb_uint8
 
 RECON_SIZE = 224
 RESCALE_FACTOR = 102.0
-# the 257 outputs in order (models/bfm.py split_coeff); "trans" comes from two heads (tx, ty) and (tz)
-COEFFICIENTS = (("id", 80), ("exp", 64), ("tex", 80), ("angle", 3), ("gamma", 27), ("trans", 3))
-HEADS = (80, 64, 80, 3, 27, 2, 1)
-EXP_SLICE = slice(80, 144)
 FULL_RESIZE_LIMIT = 16_000_000  # pixels of the rescaled photo; larger ones are resampled in a window
 # 5 points of BFM/similarity_Lm3D_all.mat (68 x 3, float32) reduced as load_lm3d does: eye corner
 # means (36/39, 42/45), nose tip 30, mouth corners 48 and 54; x right, y up, z towards the camera
@@ -45,73 +42,6 @@ LM3D_TEMPLATE = np.array([
     [0.003253498813137412, -0.04617932438850403, 0.5524424314498901],
     [-0.25216928124427795, -0.3813391625881195, 0.22405731678009033],
     [0.24846619367599487, -0.38128235936164856, 0.22235769033432007]], dtype=np.float32)
-
-
-# ---- network ------------------------------------------------------------------------------
-
-class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        out = planes * 4
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNet50(nn.Module):
-    """torchvision resnet50 without `fc`: (B, 3, H, W) -> (B, 2048, 1, 1)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        inplanes = 64
-        for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
-            stride = 1 if i == 0 else 2
-            layer = [Bottleneck(inplanes, planes, stride)] + [Bottleneck(planes * 4, planes) for _ in range(blocks - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
-            inplanes = planes * 4
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(dim=(2, 3), keepdim=True)
-
-
-class ReconNet(nn.Module):
-    """Deep3DFaceRecon's ReconNetWrapper(resnet50, use_last_fc=False): (B, 3, 224, 224) RGB in
-    [0, 1] -> (B, 257) coefficients. Attribute names are the keys of epoch_20.pth["net_recon"]."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = ResNet50()
-        self.final_layers = nn.ModuleList(nn.Conv2d(2048, n, 1) for n in HEADS)
-
-    def forward(self, x):
-        x = self.backbone(x)
-        return torch.cat([head(x) for head in self.final_layers], dim=1).flatten(1)
-
-
-def split_coefficients(coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(B, 257) -> {"id": (B, 80), "exp": (B, 64), "tex", "angle", "gamma", "trans"}."""
-    out, i = {}, 0
-    for name, n in COEFFICIENTS:
-        out[name], i = coeffs[:, i:i + n], i + n
-    return out
 
 
 # ---- input crop ---------------------------------------------------------------------------
@@ -143,7 +73,6 @@ def _resize_crop(im, w: int, h: int, left: int, top: int) -> np.ndarray:
     computes its filter positions from a shifted origin, which moves a few pixels by 1-2 levels,
     instead of allocating the huge resized photo.
     """
-    from PIL import Image
     n = RECON_SIZE
     if w * h <= FULL_RESIZE_LIMIT:
         return np.array(im.resize((w, h), Image.BICUBIC).crop((left, top, left + n, top + n)))
@@ -160,7 +89,6 @@ def _resize_crop(im, w: int, h: int, left: int, top: int) -> np.ndarray:
 def align_for_recon(image, landmarks5, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """(224x224x3 uint8 RGB crop, 3x3 matrix from source pixels to crop pixels) as Deep3DFaceRecon
     prepares a photo (util/preprocess.py align_img with target_size=224, rescale_factor=102)."""
-    from PIL import Image
     rgb = to_rgb_uint8(image, name)
     h0, w0 = rgb.shape[:2]
     pts = np.asarray(landmarks5, np.float32)
@@ -215,7 +143,6 @@ class ExpressionRegressor:
     def crops(self, images, detector=None, policy="largest", names=None, on_no_face="error"):
         """(crops uint8 (N, 224, 224, 3), one info dict per crop, skipped: [info]). detector: a
         detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops."""
-        from .detect import select_face
         if on_no_face not in ON_NO_FACE:
             raise F2DError(f"on_no_face must be 'error' or 'skip', got {on_no_face!r}")
         images = as_list(images)

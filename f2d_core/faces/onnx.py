@@ -11,7 +11,7 @@ import logging
 import os
 from typing import NamedTuple
 
-from .errors import CheckpointError, F2DError
+from ..errors import CheckpointError, F2DError
 
 log = logging.getLogger(__name__)
 

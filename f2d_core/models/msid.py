@@ -9,9 +9,12 @@ Attribute names are timm's VisionTransformer names, i.e. the keys of the officia
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import F2DError
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 8
@@ -155,3 +158,16 @@ class MSIDEncoder(nn.Module):
             if i in TAPS:
                 taps.append(self.norms[f"layer_{i}"](x[:, 0]))
         return torch.cat(taps, dim=1)
+
+
+def to_pixels(aligned) -> torch.Tensor:
+    """Aligned uint8 face(s) (112,112,3) or (B,112,112,3) -> (B, 3, 112, 112) float32 in [-1, 1], RGB."""
+    a = np.asarray(aligned)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or a.dtype != np.uint8:
+        raise F2DError(f"expected aligned uint8 faces shaped (112, 112, 3) or (B, 112, 112, 3), got "
+                       f"{a.dtype} {a.shape}. Align the face first (align_face) or pass 112x112 RGB crops.")
+    # same float64 arithmetic as the official preprocessing, then float32
+    x = (a.astype(np.float64) / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float()

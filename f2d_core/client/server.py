@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .comfy_client import ComfyClient, ComfyError
+from .comfy import ComfyClient, ComfyError
 
 
 class ServerStartError(ComfyError):

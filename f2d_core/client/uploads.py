@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 
-from .errors import F2DError
+from ..errors import F2DError
 from .workflow import WorkflowError, find_nodes, is_link
 
 FACE_ENCODER = "F2DEncodeFace"

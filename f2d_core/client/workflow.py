@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 
-from .errors import F2DError
+from ..errors import F2DError
 
 MUTED, BYPASSED = 2, 4
 NOTES = {"Note", "MarkdownNote"}

@@ -7,10 +7,10 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
-from .mapping import MappingNetwork
-from .model_files import file_sha256
-from .msid import MSIDEncoder
+from ..weights.checkpoint import load_checkpoint
+from ..models.mapping import MappingNetwork
+from ..weights.files import file_sha256
+from ..models.msid import MSIDEncoder
 
 
 def _build(module_cls, state_dict, device, dtype) -> nn.Module:

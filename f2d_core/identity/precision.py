@@ -13,8 +13,8 @@ import time
 import torch
 
 from .encoder import F2DEncoder, _build
-from .mapping import MappingNetwork
-from .msid import MSIDEncoder
+from ..models.mapping import MappingNetwork
+from ..models.msid import MSIDEncoder
 
 DEFAULT_TOL = 1e-2
 CUDA_CANDIDATES = (torch.float16, torch.bfloat16)

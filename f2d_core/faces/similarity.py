@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .detect import load_detector, select_face
-from .errors import NoFaceError
+from ..errors import NoFaceError
 from .images import as_list, to_rgb_uint8
-from .metrics import identity_similarity, mean_of_per_image
+from ..evaluate.metrics import identity_similarity, mean_of_per_image
 from .recognize import find_recognizer_file, load_recognizer
 
 

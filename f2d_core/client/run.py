@@ -1,6 +1,6 @@
 """Headless batch generation: face photo(s) x prompts x seeds through a Face2Diffusion workflow.
 
-    python -m f2d_core.run --comfyui ~/ComfyUI --face me.jpg --prompts prompts.txt --seeds 4
+    python -m f2d_core.client.run --comfyui ~/ComfyUI --face me.jpg --prompts prompts.txt --seeds 4
 
 Starts ComfyUI on loopback (or uses --server), converts the UI workflow with the server's
 /object_info, checks every model file it names is there, uploads the photo(s), then queues one
@@ -28,21 +28,21 @@ import sys
 import tempfile
 import time
 
-from .comfy_client import ComfyClient, output_images
-from .comfy_server import guess_python, start_server
-from .cli import run_command
-from .errors import F2DError
-from .faces import check_face_count, face_loaders, face_uploads, place_faces
+from .comfy import ComfyClient, output_images
+from .server import guess_python, start_server
+from ..cli import run_command
+from ..errors import F2DError
+from .uploads import check_face_count, face_loaders, face_uploads, place_faces
 from .model_check import check_models
 from .workflow import (BYPASSED, MUTED, MissingNodeTypes, WorkflowError, get_input, is_api_format, load_workflow,
                        set_input, to_api)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_WORKFLOW = os.path.join(REPO, "workflows", "face2diffusion_basic.json")
 TEXT = ("F2DInjectFaceToken", "text")
 SEED, STEPS = ("KSampler", "seed"), ("KSampler", "steps")
 CHECKPOINT = ("CheckpointLoaderSimple", "ckpt_name")
-DEFAULT_TRIGGER = "f l"  # F2DInjectFaceToken's default (f2d_core.inject has it too, but imports torch)
+DEFAULT_TRIGGER = "f l"  # F2DInjectFaceToken's default (f2d_core.text.inject has it too, but imports torch)
 
 
 def add_generation_arguments(ap) -> None:
@@ -56,7 +56,7 @@ def add_generation_arguments(ap) -> None:
     ap.add_argument("--height", type=int, metavar="H", help="image height (default: the workflow's)")
 
 
-def build_parser(prog: str = "python -m f2d_core.run") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m f2d_core.client.run") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog, description="Generate images of one person from face photo(s): every prompt x every "
         "seed, through a Face2Diffusion workflow run by ComfyUI without its UI.")
@@ -320,7 +320,7 @@ def run(args) -> int:
                 raise MissingNodeTypes(e.types, import_errors(log)) from None
 
 
-def main(argv=None, prog: str = "python -m f2d_core.run") -> int:
+def main(argv=None, prog: str = "python -m f2d_core.client.run") -> int:
     return run_command(run, build_parser(prog).parse_args(argv))
 
 

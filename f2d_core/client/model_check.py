@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import ModelFilesMissing
-from .model_files import layout_help
+from ..errors import ModelFilesMissing
+from ..weights.files import layout_help
 from .workflow import combo_options, input_specs, is_link, spec_options
 
 FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "CheckpointLoader": "checkpoints", "LoraLoader": "loras",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import F2DError
+from ..errors import F2DError
 
 FORMAT = "face2diffusion.identity"
 VERSION = "1"

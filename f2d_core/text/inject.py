@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import TriggerError
+from ..errors import TriggerError
 
 BOS, EOS = 49406, 49407  # SD1.x CLIP start / end (and pad) tokens
 DEFAULT_TRIGGER = "f l"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .inject import BOS, EOS
 
 CHUNK = 77

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import F2DError
+from ..errors import F2DError
 
 
 def to_rgb_uint8(image, name: str = "image") -> np.ndarray:

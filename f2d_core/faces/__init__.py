@@ -1,0 +1,2 @@
+"""Photos and faces without torch: image reading, ONNX sessions, detection, alignment to the
+ArcFace template, recognition and identity similarity."""
