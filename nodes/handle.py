@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -54,6 +55,12 @@ class EncoderHandle:
     def _ready(self):
         # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind
         mm.load_models_gpu([self.patcher], force_full_load=True)
+
+    @contextmanager
+    def loaded(self):
+        """The engine's F2DEncoder, on ComfyUI's compute device for the duration of the block."""
+        self._ready()
+        yield self.encoder
 
     @property
     def null_exp(self) -> torch.Tensor:

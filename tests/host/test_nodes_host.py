@@ -44,7 +44,7 @@ def encoder(nodes):
 @pytest.fixture(scope="module")
 def parity_face(f2d_pack, encoder, parity):
     """The parity kit's face as an F2D_FACE, encoded by the loader node's encoder."""
-    from face2diffusion_pack.f2d_core.identity import FaceIdentity
+    from face2diffusion_pack.f2d_core.identity.face_file import FaceIdentity
     feats = encoder.identity_features(parity[0]["input.pixel_values"])
     s1, s2 = encoder.face_tokens(feats)
     return FaceIdentity(features=feats[0], s1=s1[0], s2=s2[0])
