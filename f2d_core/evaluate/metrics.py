@@ -25,23 +25,7 @@ from math import comb
 
 import numpy as np
 
-
-def cosine(a, b) -> float:
-    """Cosine similarity of two vectors; 0 when either is the zero vector."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
-def identity_similarity(reference, embedding) -> float:
-    """§4.2: cosine of the face-recognition embeddings of the input face and the generated face,
-    clipped to [0, 1] (a negative cosine means "not this person", not "less than nobody").
-    `embedding` None (no face found in the generated image) scores 0."""
-    if embedding is None:
-        return 0.0
-    return float(np.clip(cosine(reference, embedding), 0.0, 1.0))
+from ..faces.similarity import cosine, identity_similarity  # noqa: F401  (the ID score, Eq. 10)
 
 
 def clip_score(image_embedding, text_embedding) -> float:

@@ -18,8 +18,25 @@ import numpy as np
 from .detect import load_detector, select_face
 from ..errors import NoFaceError
 from .images import as_list, to_rgb_uint8
-from ..evaluate.metrics import identity_similarity, mean_of_per_image
 from .recognize import find_recognizer_file, load_recognizer
+
+
+def cosine(a, b) -> float:
+    """Cosine similarity of two vectors; 0 when either is the zero vector."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def identity_similarity(reference, embedding) -> float:
+    """§4.2: cosine of the face-recognition embeddings of the input face and the generated face,
+    clipped to [0, 1] (a negative cosine means "not this person", not "less than nobody").
+    `embedding` None (no face found in the generated image) scores 0."""
+    if embedding is None:
+        return 0.0
+    return float(np.clip(cosine(reference, embedding), 0.0, 1.0))
 
 
 @dataclass
@@ -34,7 +51,7 @@ class SimilarityResult:
 
     @property
     def mean(self) -> float:
-        return mean_of_per_image(self.similarities)
+        return float(np.mean(self.similarities)) if self.similarities else float("nan")
 
     def summary(self) -> str:
         n, k = len(self.similarities), int(sum(self.found))
