@@ -1,5 +1,5 @@
 """ComfyUI glue for the Face2Diffusion engine (f2d_core): thin V3 nodes, one family per module."""
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .encode import F2DEncodeFace
 from .expression import F2DExpressionEmbed

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..f2d_core import choices
 from ..f2d_core.identity.pipeline import encode_images

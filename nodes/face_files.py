@@ -5,7 +5,7 @@ import os
 import re
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..f2d_core.errors import F2DError
 from ..f2d_core.identity.face_file import SUFFIX, FaceIdentity

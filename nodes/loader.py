@@ -1,7 +1,7 @@
 """LoadF2DEncoder: the MSID encoder, the mapping network and a face detector."""
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..f2d_core import choices
 from ..f2d_core.faces.detect import load_detector

@@ -7,26 +7,20 @@ import folder_paths
 
 from ..f2d_core.faces.detect import list_insightface_packs
 from ..f2d_core.errors import ModelFilesMissing
-from ..f2d_core.identity.face_file import SUFFIX as IDENTITY_SUFFIX
+from ..f2d_core.identity.face_file import list_faces
 from ..f2d_core.faces.recognize import list_recognizer_packs
+from ..f2d_core.weights.files import where_to_get
 
 F2D_FOLDER = "face2diffusion"
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
 NO_DETECTOR = "none: images are already aligned 112x112 crops"
+SLOT_KINDS = {"msid": "msid", "mapping": "mapping", "expression_model": "deep3d"}  # loader input -> weight kind
 
 
 def register_folders() -> None:
-    """Add models/face2diffusion, keeping paths a user's extra_model_paths.yaml added first
-    (the yaml is read before custom nodes, with an empty extension set)."""
-    default = os.path.join(folder_paths.models_dir, F2D_FOLDER)
-    exts = set(folder_paths.supported_pt_extensions)
-    if F2D_FOLDER in folder_paths.folder_names_and_paths:
-        paths, _ = folder_paths.folder_names_and_paths[F2D_FOLDER]
-        if default not in paths:
-            paths.append(default)
-        folder_paths.folder_names_and_paths[F2D_FOLDER] = (paths, exts)
-    else:
-        folder_paths.folder_names_and_paths[F2D_FOLDER] = ([default], exts)
+    """Add models/face2diffusion behind any path a user's extra_model_paths.yaml gave it. The folder
+    lists every file (no extension set); weight_files() keeps the weights."""
+    folder_paths.add_model_folder_path(F2D_FOLDER, os.path.join(folder_paths.models_dir, F2D_FOLDER))
 
 
 def weight_files() -> list[str]:
@@ -47,9 +41,8 @@ def weight_path(name: str, what: str) -> str:
         folders = folder_paths.get_folder_paths(F2D_FOLDER)
         found = ", ".join(weight_files()) or "nothing"
         raise ModelFilesMissing(
-            f"{what}: {name!r} is not in {' or '.join(folders)} (found: {found}). Put msid.pt and mapping.pt "
-            "from the official Face2Diffusion links (see the pack's README) there, then press R in ComfyUI "
-            "to refresh the lists.")
+            f"{what}: {name!r} is not in {' or '.join(folders)} (found: {found}). "
+            f"{where_to_get(SLOT_KINDS[what], folders[0])}, then press R in ComfyUI to refresh the lists.")
     return path
 
 
@@ -98,10 +91,4 @@ def identity_dir() -> str:
 
 
 def identity_files() -> list[str]:
-    root = identity_dir()
-    out = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            if f.endswith(IDENTITY_SUFFIX):
-                out.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
-    return sorted(out)
+    return list_faces(identity_dir())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.utils
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..f2d_core.faces.similarity import load_identity_scorer
 from . import paths

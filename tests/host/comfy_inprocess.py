@@ -91,7 +91,7 @@ def load_pack(repo: Path, name: str = PACK_MODULE):
 
 def pack_nodes(module) -> dict:
     """{node_id: class} from the module's V3 comfy_entrypoint, as ComfyUI registers them."""
-    from comfy_api.latest import ComfyExtension
+    from comfy_api.v0_0_2 import ComfyExtension
 
     async def collect():
         ext = module.comfy_entrypoint()

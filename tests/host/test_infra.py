@@ -18,7 +18,7 @@ from PIL import Image
 from .conftest import CHECKPOINT_NAME, NO_PATH, REPO, SENTINEL_NODE
 
 PROBE_NODES = '''
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 
 class F2DProbeEcho(io.ComfyNode):
