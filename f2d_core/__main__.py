@@ -7,6 +7,7 @@ import sys
 
 from .cli import run_command
 from .errors import F2DError
+from .weights.outputs import check_output_path
 
 
 def _device(name: str) -> str:
@@ -37,6 +38,8 @@ def cmd_encode(args) -> int:
     from .weights.files import find_models
     from .choices import face_policy
     from .identity.pipeline import encode_images
+    out = args.out if args.out.endswith(SUFFIX) else args.out + SUFFIX
+    check_output_path(out, "--out")  # before minutes of encoding, not after
     models = find_models(args.models, pack=args.pack)
     images = [_read_image(p) for p in args.image]
     device = _device(args.device)
@@ -48,7 +51,6 @@ def cmd_encode(args) -> int:
     identity = encode_images(encoder, images, detector, policy=policy, on_no_face=args.on_no_face,
                              names=[os.path.basename(p) for p in args.image],
                              progress=lambda i, n: print(f"  face {i}/{n}", file=sys.stderr))
-    out = args.out if args.out.endswith(SUFFIX) else args.out + SUFFIX
     identity.save(out)
     for f in identity.meta["faces"]:
         print(f"used {f['image']}: box {f.get('box')}, score {f.get('score')}, {f.get('faces_in_image')} face(s) seen")

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .identity.precision import cast_encoder, probe_pixels, token_error
+from .weights.outputs import check_output_path
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1
@@ -857,6 +858,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.json_out:
+        check_output_path(args.json_out, "--json")  # before minutes of measuring, not after
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA GPU here (CPU build or no driver).", file=sys.stderr)

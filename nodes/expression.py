@@ -61,7 +61,7 @@ class F2DExpressionEmbed(io.ComfyNode):
         if mode == NEUTRAL:
             return io.NodeOutput(Expression(null, "neutral"))
         if mode == VECTOR:
-            target = parse_vector(vector, dim=null.numel())
+            target, name = parse_vector(vector, dim=null.numel()), "expression vector"
         elif mode == REFERENCE:
             if reference is None:
                 raise F2DError("mode 'from reference image(s)' needs a photo: connect the reference input.")
@@ -69,7 +69,8 @@ class F2DExpressionEmbed(io.ComfyNode):
                 raise F2DError("mode 'from reference image(s)' needs the Deep3DFaceRecon weights: put "
                                "epoch_20.pth in models/face2diffusion and choose it as expression_model in "
                                "Load Face2Diffusion Encoder (see the pack's README).")
-            target = encoder.reference_expression(reference).mean(0)
+            target, name = encoder.reference_expression(reference).mean(0), "expression of the reference image(s)"
         else:
             raise F2DError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        return io.NodeOutput(Expression(expression_from_strength(null, target, strength), f"{mode} x{strength:g}"))
+        vector = expression_from_strength(null, target, strength, name)
+        return io.NodeOutput(Expression(vector, f"{mode} x{strength:g}"))

@@ -2,36 +2,14 @@
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from comfy_api.v0_0_2 import io, ui
 
 from ..f2d_core.errors import F2DError
-from ..f2d_core.identity.face_file import SUFFIX, FaceIdentity
+from ..f2d_core.identity.face_file import FaceIdentity, listed_face_path, save_face
 from . import paths
 from .types import F2DFace
-
-_NAME = re.compile(r"^[\w\- .]+(/[\w\- .]+)*$")
-
-
-def _identity_path(name: str) -> str:
-    """Where Save Face writes NAME: a plain name, so it never lands outside output/face2diffusion."""
-    name = (name or "").strip().removesuffix(SUFFIX)
-    if not name or not _NAME.match(name) or any(part in (".", "..") for part in name.split("/")):
-        raise F2DError(f"face name {name!r} is not usable: use letters, digits, spaces, '-', '_' or '.', "
-                       "optionally with '/' for subfolders (e.g. 'family/anna').")
-    return os.path.join(paths.identity_dir(), *name.split("/")) + SUFFIX
-
-
-def _listed_path(name: str) -> str:
-    """A file Load Face lists, whatever its name (copies like 'anna (1).f2d.safetensors' too), as long
-    as it stays inside output/face2diffusion."""
-    root = os.path.abspath(paths.identity_dir())
-    path = os.path.abspath(os.path.join(root, *(name or "").split("/")))
-    if os.path.commonpath([root, path]) != root or not path.endswith(SUFFIX):
-        raise F2DError(f"{name!r} is not a saved face in {root}; pick one from the list (press R to refresh).")
-    return path
 
 
 def _crops(face: FaceIdentity) -> torch.Tensor:
@@ -59,7 +37,7 @@ class F2DSaveFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, face, name="person"):
-        path = face.save(_identity_path(name))
+        path = save_face(face, paths.identity_dir(), name)
         rel = os.path.relpath(path, paths.identity_dir()).replace(os.sep, "/")
         return io.NodeOutput(ui=ui.PreviewText(f"saved {rel} ({face.num_faces} face(s))"))
 
@@ -83,14 +61,14 @@ class F2DLoadFace(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, name):
         try:
-            path = _listed_path(name)
+            path = listed_face_path(paths.identity_dir(), name)
         except F2DError:
             return name  # execute() reports it
         return os.path.getmtime(path) if os.path.exists(path) else name  # re-run when the file changes
 
     @classmethod
     def execute(cls, name):
-        path = _listed_path(name)
+        path = listed_face_path(paths.identity_dir(), name)
         if not os.path.isfile(path):
             found = ", ".join(paths.identity_files()) or "none"
             raise F2DError(f"no saved face {name!r} in {paths.identity_dir()} (found: {found}). Save one with "

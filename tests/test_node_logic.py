@@ -83,3 +83,14 @@ def test_errors_carry_a_short_module_for_hosts_that_print_module_and_class():
     from f2d_core.client.workflow import WorkflowError
     assert f"{NoFaceError.__module__}.{NoFaceError.__qualname__}" == "face2diffusion.NoFaceError"
     assert WorkflowError.__module__ == "face2diffusion" and issubclass(WorkflowError, F2DError)
+
+
+def test_a_missing_expression_model_is_named_with_where_it_goes():
+    """What Load Face2Diffusion Encoder says for each slot (nodes/paths.py weight_path)."""
+    from f2d_core.weights.files import DEEP3D_URL, MAPPING_URL, where_to_get
+    msg = where_to_get("deep3d", "/m/face2diffusion")
+    assert msg == (f"Put epoch_20.pth (Deep3DFaceRecon's expression model, optional, from the Google Drive folders "
+                   f"linked in the README of {DEEP3D_URL}) in /m/face2diffusion")
+    assert "msid.pt" not in msg and "mapping.pt" not in msg
+    assert where_to_get("mapping", "/m/face2diffusion") == (
+        f"Put mapping.pt (the mapping network, from {MAPPING_URL}) in /m/face2diffusion")

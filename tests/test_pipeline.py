@@ -194,3 +194,16 @@ def test_an_identity_file_with_wrong_token_shapes_is_explained(tmp_path):
               metadata={"format": FORMAT})
     with pytest.raises(F2DError, match=r"'s1' has shape \(1024,\), expected \(768,\)"):
         FaceIdentity.load(p)
+
+
+def test_the_identity_records_which_detector_found_the_faces(encoder, detector, det_path, tmp_path):
+    ident = encode_images(encoder, [photo(5, 5)], detector, names=["me.jpg"])
+    assert ident.meta["detector"] == "det_10g.onnx" == detector.name and detector.paths == (str(det_path),)
+    back = FaceIdentity.load(ident.save(tmp_path / "me.f2d.safetensors"))
+    assert back.meta["detector"] == "det_10g.onnx"  # what Save Face writes, not null
+    assert encode_images(encoder, [np.zeros((112, 112, 3), np.uint8)], None).meta["detector"] is None
+
+
+def test_a_detector_with_68_point_landmarks_names_both_files(det_path, tmp_path):
+    lmk = om.save(om.landmark68_model(), tmp_path / "1k3d68.onnx")
+    assert FaceDetector(det_path, lmk, device="cpu").name == "det_10g.onnx + 1k3d68.onnx"

@@ -104,6 +104,9 @@ class FaceDetector:
         self.lmk_session = None
         if landmark68_path is not None:
             self._init_landmarks(landmark68_path, device)
+        # what it is, for the records an identity keeps: its model files, and their names
+        self.paths = tuple(os.fspath(p) for p in (det_model_path, landmark68_path) if p is not None)
+        self.name = " + ".join(os.path.basename(p) for p in self.paths)  # "det_10g.onnx + 1k3d68.onnx"
 
     def _init_landmarks(self, path, device):
         name = os.path.basename(os.fspath(path))

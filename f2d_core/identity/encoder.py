@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..weights.checkpoint import load_checkpoint
+from .bounds import EXPRESSION_LIMIT, FEATURE_LIMIT, TOKEN_LIMIT, require_finite
 from ..models.mapping import MappingNetwork
 from ..weights.files import file_sha256
 from ..models.msid import MSIDEncoder
@@ -65,11 +66,25 @@ class F2DEncoder(nn.Module):
     @torch.inference_mode()
     def face_tokens(self, features: torch.Tensor, expression=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1536) features [+ (B, 64) expression, (B,) mask] -> (S1*, S2*), each (B, 768) float32."""
+        features = torch.as_tensor(features)
+        expression = None if expression is None else torch.as_tensor(expression)
+        require_finite([  # before the cast: fp16 would turn 1e38 into inf and hide what was given
+            ("identity features", features, FEATURE_LIMIT,
+             "They come from Encode Face or a saved face: encode the photos again (if that repeats, download "
+             "msid.pt again or choose precision fp32 in the loader)."),
+            ("expression", expression, EXPRESSION_LIMIT,
+             "Give 64 expression coefficients of Deep3DFaceRecon's scale (|x| up to about 10), or lower the "
+             "Expression node's strength.")])
         cast = dict(device=self.device, dtype=self.dtype)
-        expression = None if expression is None else torch.as_tensor(expression).to(**cast)
+        expression = None if expression is None else expression.to(**cast)
         mask = None if mask is None else torch.as_tensor(mask).to(**cast)
         s1, s2 = self.mapping(features.to(**cast), expression, mask)
-        return s1.float(), s2.float()
+        s1, s2 = s1.float(), s2.float()
+        fix = (f"Its inputs were in range, so {os.path.basename(self.mapping_path) or 'the mapping file'} is damaged "
+               "or the precision overflowed: download mapping.pt again, or choose precision fp32 in the loader.")
+        require_finite([("identity token S1* from the mapping network", s1, TOKEN_LIMIT, fix),
+                        ("identity token S2* from the mapping network", s2, TOKEN_LIMIT, fix)])
+        return s1, s2
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, expression=None, mask=None, cuda_graph: bool = False):

@@ -30,6 +30,7 @@ from ..choices import ON_NO_FACE
 from ..errors import F2DError, NoFaceError
 from ..faces.detect import select_face
 from ..faces.images import as_list, to_rgb_uint8
+from .bounds import EXPRESSION_LIMIT, require_finite
 
 RECON_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -203,13 +204,20 @@ def load_expression_model(path, device="cpu", dtype=torch.float32) -> Expression
     return ExpressionRegressor(net.to(device=device, dtype=dtype), path)
 
 
-def expression_from_strength(null_exp, reference, strength: float) -> torch.Tensor:
+def expression_from_strength(null_exp, reference, strength: float, name: str = "reference expression") -> torch.Tensor:
     """null_exp + strength * (reference - null_exp): 0 gives null_exp and 1 the reference, both
-    exactly (torch.lerp), above 1 extrapolates. reference: (64,) or (B, 64)."""
+    exactly (torch.lerp), above 1 extrapolates. reference: (64,) or (B, 64); name: what the user
+    calls it, for the messages."""
     null_exp, reference = torch.as_tensor(null_exp), torch.as_tensor(reference)
     if reference.shape[-1] != null_exp.shape[-1]:
-        raise F2DError(f"the reference expression has {reference.shape[-1]} values, null_exp {null_exp.shape[-1]}")
+        raise F2DError(f"the {name} has {reference.shape[-1]} values, null_exp {null_exp.shape[-1]}")
     if not np.isfinite(float(strength)):
         raise F2DError(f"expression strength must be a finite number, got {strength}")
+    fix = ("Expression coefficients (Deep3DFaceRecon's 64, like the learned null_exp) lie within about +-10: "
+           "paste them as Deep3DFaceRecon gives them; from a reference photo, download epoch_20.pth again.")
+    require_finite([(name, reference, EXPRESSION_LIMIT, fix)])
     reference = reference.to(null_exp)
-    return torch.lerp(null_exp.expand_as(reference), reference, float(strength))
+    out = torch.lerp(null_exp.expand_as(reference), reference, float(strength))
+    require_finite([(f"the {name} at strength {float(strength):g}", out, EXPRESSION_LIMIT,
+                     "Lower the strength (1 = the expression as given).")])
+    return out

@@ -71,7 +71,7 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
     features = per_face.mean(0)
     s1, s2 = encoder.face_tokens(features[None])
     meta = {"num_faces": len(crops), "faces": faces, "skipped": skipped, "policy": str(policy),
-            "detector": os.path.basename(getattr(detector, "det_model_path", "") or "") or None,
+            "detector": None if detector is None else detector.name,
             "models": {"msid": os.path.basename(encoder.msid_path),
                        "mapping": os.path.basename(encoder.mapping_path)},
             "model_sha256": encoder.model_hashes}

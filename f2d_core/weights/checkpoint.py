@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from .outputs import check_output_path, write_atomic
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -228,21 +230,18 @@ def load_checkpoint(path: str, kind: str) -> dict[str, torch.Tensor]:
 
 
 def convert(src: str, dst: str) -> str:
-    """Rewrite an official `.pt` as `.safetensors` (kind detected from the keys); returns the kind."""
-    from safetensors.torch import save_file
+    """Rewrite an official `.pt` as `.safetensors` (kind detected from the keys); returns the kind.
+    The output is checked before the input is read, and written atomically."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not dst.lower().endswith(SAFETENSORS_SUFFIX):
+        raise CheckpointError(f"{dst}: the output name must end in .safetensors")
+    check_output_path(dst, "output")
     sd = read_state_dict(src)
     kind = identify(sd.keys())
     if kind is None:
         raise CheckpointError(f"{src}: {describe(sd.keys())}; only Face2Diffusion checkpoints "
                               f"({', '.join(n for s in KINDS.values() for n in s.file_names[:1])}) can be converted.")
     validate(sd, kind, src)
-    if not dst.lower().endswith(SAFETENSORS_SUFFIX):
-        raise CheckpointError(f"{dst}: the output name must end in .safetensors")
-    tmp = dst + ".tmp"
-    try:
-        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={"f2d_kind": kind})
-        os.replace(tmp, dst)  # atomic: a crash never leaves half a file under the final name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tensors = {k: v.contiguous() for k, v in sd.items()}
+    write_atomic(dst, lambda tmp: save_file(tensors, tmp, metadata={"f2d_kind": kind}), "output")
     return kind

@@ -5,6 +5,7 @@ and the headless runner:
     models/face2diffusion/msid.pt (or .safetensors)
     models/face2diffusion/mapping.pt (or .safetensors)
     models/insightface/models/<pack>/det_10g.onnx (buffalo_l) or scrfd_10g_bnkps.onnx (antelopev2)
+    models/face2diffusion/epoch_20.pth (optional: Deep3DFaceRecon, for expressions from photos)
 """
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ INSIGHTFACE_FOLDER = os.path.join("insightface", "models")
 MSID_URL = "https://drive.google.com/file/d/1DjUf-ib612SDDt86TRlsDkHqXTeYx030/view"
 MAPPING_URL = "https://drive.google.com/file/d/1Lf_mwMgme_HVYJCkViGr4TfGOfKw9PhE/view"
 BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+DEEP3D_URL = "https://github.com/sicxu/Deep3DFaceRecon_pytorch"
 PREFERRED_PACKS = ("buffalo_l", "antelopev2")
+# each weight kind (weights.checkpoint.KINDS): (the file, what it is, where to get it)
+SOURCES = {
+    "msid": ("msid.pt", "the MSID identity encoder", MSID_URL),
+    "mapping": ("mapping.pt", "the mapping network", MAPPING_URL),
+    "deep3d": ("epoch_20.pth", "Deep3DFaceRecon's expression model, optional",
+               f"the Google Drive folders linked in the README of {DEEP3D_URL}"),
+}
 
 
 def file_sha256(path: str) -> str:
@@ -49,10 +58,19 @@ def layout_help(models_dir: str) -> str:
             "CC BY-NC-SA 4.0, non-commercial.)")
 
 
+def where_to_get(kind: str, folder: str) -> str:
+    """'Put msid.pt (the MSID identity encoder, from URL) in FOLDER' for one weight kind."""
+    file, what, source = SOURCES[kind]
+    return f"Put {file} ({what}, from {source}) in {folder}"
+
+
 def find_models(models_dir: str, need_detector: bool = True, pack: str | None = None) -> dict:
     """{"msid": path, "mapping": path, "pack": insightface pack dir or None}; one clear error listing
     every missing file otherwise. Files directly in `models_dir` are accepted too."""
     models_dir = os.path.abspath(os.fspath(models_dir))
+    if not os.path.isdir(models_dir):
+        raise ModelFilesMissing(f"model files missing: the models folder {models_dir} does not exist. Give a "
+                                f"ComfyUI models folder, or create one with:\n{layout_help(models_dir)}")
     found, missing = {}, []
     for stem in ("msid", "mapping"):
         p = _first(os.path.join(models_dir, F2D_FOLDER), stem) or _first(models_dir, stem)

@@ -2,6 +2,7 @@
 with every example workflow and the broken graphs users will build (see conftest for fixtures)."""
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -192,6 +193,48 @@ def test_encode_face_crops_and_save_load_round_trip(nodes, encoder):
         nodes["F2DSaveFace"].execute(face, "../x")
 
 
+def test_save_face_refuses_unusable_names_before_touching_the_disk(nodes, encoder, f2d_pack):
+    root = f2d_pack.nodes.paths.identity_dir()
+    face, _ = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(2, 2)[None]).float() / 255).result
+    before = sorted(os.walk(root)) if os.path.isdir(root) else []
+    with pytest.raises(ValueError, match=r"face name 'xxx.*' is not usable: it is 300 characters long; at most 150"):
+        nodes["F2DSaveFace"].execute(face, "x" * 300)
+    with pytest.raises(ValueError, match=r"is not usable: it is 4401 characters long"):
+        nodes["F2DSaveFace"].execute(face, "a/" * 2200 + "b")
+    with pytest.raises(ValueError, match=r"'NUL' is a device name on Windows"):
+        nodes["F2DSaveFace"].execute(face, "family/NUL")
+    assert (sorted(os.walk(root)) if os.path.isdir(root) else []) == before  # no folder, no file
+
+
+def test_load_face_lists_no_file_a_save_is_still_writing(nodes, encoder, f2d_pack):
+    root = f2d_pack.nodes.paths.identity_dir()
+    face, _ = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(3, 3)[None]).float() / 255).result
+    nodes["F2DSaveFace"].execute(face, "host/listed")
+    partial = os.path.join(root, "host", ".f2d-partial-1-0123abcd.tmp")
+    with open(partial, "wb") as f:
+        f.write(b"half")
+    try:
+        options = nodes["F2DLoadFace"].GET_SCHEMA().inputs[0].options
+        assert "host/listed.f2d.safetensors" in options and not any("partial" in o for o in options)
+        loaded, _ = nodes["F2DLoadFace"].execute("host/listed.f2d.safetensors").result
+        assert loaded.meta["detector"] == encoder.detector.name and loaded.meta["detector"].startswith("det_10g.onnx")
+    finally:
+        os.remove(partial)
+
+
+def test_an_expression_vector_of_1e38_is_refused_not_turned_into_nan(nodes, encoder):
+    with pytest.raises(ValueError, match=r"expression vector: holds a value of 1e\+38, far outside the range of real "
+                                         r"data \(\|x\| <= 100\)"):
+        nodes["F2DExpressionEmbed"].execute(encoder, "vector", 1.0, ", ".join(["1e38"] * 64))
+
+
+def test_a_missing_expression_model_names_its_file_and_folder(nodes):
+    with pytest.raises(ValueError, match=r"expression_model: 'deep3d\.pth' is not in .*face2diffusion .*\. Put "
+                                         r"epoch_20\.pth \(Deep3DFaceRecon's expression model, optional, from .*"
+                                         r"sicxu/Deep3DFaceRecon_pytorch\) in .*face2diffusion, then press R"):
+        nodes["LoadF2DEncoder"].execute("msid.pt", "mapping.pt", "buffalo_l", expression_model="deep3d.pth")
+
+
 def test_wrong_file_in_a_slot_names_it(nodes):
     with pytest.raises(ValueError, match=r"mapping\.pt: expected the MSID identity encoder .* this is the mapping"):
         nodes["LoadF2DEncoder"].execute("mapping.pt", "mapping.pt", "buffalo_l", device="cpu", precision="fp32")
@@ -206,8 +249,16 @@ def extra_models(f2d_models_dir, recipe_clip_state_dict):
     from safetensors.torch import save_file
     from f2d_core.models.deep3d import ReconNet
     g = torch.Generator().manual_seed(0)
-    sd = {k: (torch.randn(v.shape, generator=g) * 0.02 if v.is_floating_point() else v)
-          for k, v in ReconNet().state_dict().items()}
+    # BatchNorm variances must be positive: negative ones made NaN coefficients, which the
+    # expression workflow then passed on silently as NaN conditioning
+
+    def fill(k, v):
+        if not v.is_floating_point():
+            return v
+        return torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var") else \
+            torch.randn(v.shape, generator=g) * 0.02
+
+    sd = {k: fill(k, v) for k, v in ReconNet().state_dict().items()}
     torch.save({"net_recon": sd}, f2d_models_dir / "face2diffusion" / "epoch_20.pth")
     te = f2d_models_dir / "text_encoders"
     te.mkdir(exist_ok=True)
