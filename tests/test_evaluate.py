@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -17,14 +18,16 @@ import pytest
 from PIL import Image
 
 import recognizer_onnx as ro
-from conftest import TOKENIZER_DIR
+from conftest import SHARED, TOKENIZER_DIR
 from f2d_core.evaluate import metrics
 from f2d_core.evaluate.clip_score import ClipEmbedder
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing
 from f2d_core.client.comfy import ComfyError
 from f2d_core.evaluate import main
 from f2d_core.evaluate.dispatch import Dispatcher, NoServerLeft
+from f2d_core.evaluate import jobs
 from f2d_core.evaluate.jobs import PAPER_PROMPTS, Face, find_faces, make_jobs, read_prompts
+from f2d_core.client.run import trigger_pattern
 from f2d_core.client.workflow import MissingNodeTypes
 from fake_comfy import FakeComfy, fake_object_info, run_within
 
@@ -361,12 +364,43 @@ def test_a_bug_while_rendering_stops_the_run_with_it():
 
 # --- inputs --------------------------------------------------------------------------------------
 
-def test_the_shipped_paper_prompt_file_says_why_it_is_empty():
-    with pytest.raises(F2DError, match=r"paper_prompts.txt holds no prompts: the 40 prompts of the paper's Table 7 "
-                                       r"could not be obtained(.|\n)*--prompts FILE"):
-        read_prompts([], [])
-    text = Path(PAPER_PROMPTS).read_text()
-    assert "THIS FILE HOLDS NO PROMPTS YET" in text
+PAPER_TEXT = SHARED / "paper" / "face2diffusion-cvpr2024.txt"
+
+
+def _table7_from_paper_text() -> list[str]:
+    """Table 7 as the paper's text holds it (one flattened line), S* written as f l."""
+    if not PAPER_TEXT.is_file():
+        pytest.skip(f"the paper's text is not at {PAPER_TEXT}: put the project's shared folder beside the repo "
+                    "(or set F2D_SHARED) to compare the prompts with the paper")
+    line = next(ln for ln in PAPER_TEXT.read_text(encoding="utf-8").splitlines() if ln.startswith("Prompts A photo of"))
+    body = line[len("Prompts "):].replace("Ssuperscript\U0001d446S^{*}", "f l")
+    return [p.strip() for p in re.split(r"(?=A photo of f l )", body) if p.strip()]
+
+
+def test_the_default_prompts_are_the_40_of_table_7_each_with_the_trigger_once():
+    prompts = read_prompts([], [])
+    assert len(prompts) == 40 and len(set(prompts)) == 40
+    assert all(len(trigger_pattern("f l").findall(p)) == 1 for p in prompts)
+    assert prompts[0] == "A photo of f l as a firefighter" and prompts[-1] == "A photo of f l in front of Niagara Falls"
+    header = Path(PAPER_PROMPTS).read_text(encoding="utf-8").split("\nA photo", 1)[0]
+    assert "Table 7" in header and "CVPR 2024" in header and "2403.05094" in header
+
+
+def test_the_default_prompts_equal_table_7_of_the_paper_text():
+    paper = _table7_from_paper_text()
+    for spot in ("A photo of f l as a DJ", "A photo of f l sipping coffee at a café terrace",
+                 "A photo of f l giving a thumbs-up", "A photo of f l at Mount Everest Base Camp"):
+        assert spot in paper
+    assert read_prompts([], []) == paper  # same prompts, same order
+
+
+def test_an_emptied_paper_prompt_file_is_an_error_that_says_how_to_restore_it(tmp_path, monkeypatch):
+    empty = tmp_path / "paper_prompts.txt"
+    empty.write_text("# only comments\n\n")
+    monkeypatch.setattr(jobs, "PAPER_PROMPTS", str(empty))
+    with pytest.raises(F2DError, match=r"holds no prompts, but it ships with the 40 prompts of the paper's Table 7"
+                                       r"(.|\n)*--prompts FILE"):
+        jobs.read_prompts([], [])
 
 
 def test_every_prompt_needs_the_identifier(tmp_path):

@@ -82,9 +82,9 @@ def read_prompts(files: list[str], texts: list[str]) -> list[str]:
     if not files and not texts:
         if not read_prompt_file(PAPER_PROMPTS):
             raise F2DError(
-                f"{PAPER_PROMPTS} holds no prompts: the 40 prompts of the paper's Table 7 could not be obtained "
-                "when this pack was written, so the file is shipped empty rather than with an invented list. "
-                "Paste them into it (S* written as f l), or pass your own with --prompts FILE or --prompt TEXT.")
+                f"{PAPER_PROMPTS} holds no prompts, but it ships with the 40 prompts of the paper's Table 7: "
+                "the file was emptied or damaged. Restore it (git checkout -- f2d_core/evaluate/paper_prompts.txt "
+                "or reinstall the pack), or pass your own with --prompts FILE or --prompt TEXT.")
         files = [PAPER_PROMPTS]
     return runner.read_prompts(files, texts, TRIGGER)
 
