@@ -1,10 +1,12 @@
-"""LoadF2DEncoder: the MSID encoder, the mapping network and a face detector."""
+"""LoadF2DEncoder: the MSID encoder, the mapping network and a face detector (an insightface
+pack, dlib, or auto: a pack when there is one, else dlib)."""
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io, ui
 
 from ..f2d_core import choices
 from ..f2d_core.faces.detect import load_detector
+from ..f2d_core.faces.dlib_detector import AUTO, NAME as DLIB, auto_detector, detector_choices
 from . import paths
 from .handle import load_expression, load_handle
 from .types import F2DEncoder
@@ -33,15 +35,16 @@ class LoadF2DEncoder(io.ComfyNode):
                 io.Combo.Input("mapping", options=files, default=paths.default_file(files, "mapping"),
                                tooltip="The mapping network: mapping.pt (or mapping.safetensors) in "
                                        "models/face2diffusion."),
-                io.Combo.Input("detector", options=packs + [paths.NO_DETECTOR],
-                               default=(packs + [paths.NO_DETECTOR])[0],
-                               tooltip="insightface model pack used to find and align faces (buffalo_l or "
-                                       "antelopev2 in models/insightface/models). Choose 'none' only if "
-                                       "your images are already ArcFace-aligned 112x112 face crops."),
+                io.Combo.Input("detector", options=detector_choices(packs, paths.NO_DETECTOR), default=AUTO,
+                               tooltip="How faces are found and aligned: an insightface model pack (buffalo_l or "
+                                       "antelopev2 in models/insightface/models), 'dlib' (installed with "
+                                       "requirements-dlib.txt; needs no model folder), or 'auto': an insightface "
+                                       "pack when there is one, else dlib. Choose 'none' only if your images are "
+                                       "already ArcFace-aligned 112x112 face crops."),
                 io.Boolean.Input("landmarks_68", default=True,
                                  tooltip="Align with the pack's 68-point landmarks (1k3d68.onnx) when it has "
                                          "them: closest to the official alignment. Off: the detector's 5 "
-                                         "keypoints."),
+                                         "keypoints. (dlib always aligns from its 68 points.)"),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",
                                tooltip="auto: ComfyUI's device (your GPU, or the CPU with --cpu). cpu: always "
                                        "the CPU."),
@@ -64,13 +67,18 @@ class LoadF2DEncoder(io.ComfyNode):
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         handle = load_handle(paths.weight_path(msid, "msid"), paths.weight_path(mapping, "mapping"),
                              device, choices.precision(precision))
-        det = None
-        if detector != paths.NO_DETECTOR:
+        det, chosen = None, detector
+        if detector == AUTO:
+            detector = auto_detector(paths.detector_packs())
+            chosen = f"auto: {detector}"
+        if detector == DLIB:
+            det = load_detector(DLIB)
+        elif detector != paths.NO_DETECTOR:
             det = load_detector(paths.detector_pack_path(detector), use_landmarks68=bool(landmarks_68),
                                 device="cpu" if device == "cpu" else "auto")
         expr = None
         if expression_model and expression_model != NO_EXPRESSION_MODEL:
             expr = load_expression(paths.weight_path(expression_model, "expression_model"), handle.load_device,
                                    handle.offload_device)
-        handle = handle.with_parts(det, None if det is None else detector, expr)
+        handle = handle.with_parts(det, None if det is None else chosen, expr)
         return io.NodeOutput(handle, ui=ui.PreviewText(handle.describe()))  # what was loaded, in which dtype

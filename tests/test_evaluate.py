@@ -80,7 +80,7 @@ def faces_dir(tmp_path_factory):
 
 def evaluate(models, faces_dir, out, servers, *extra, clip=True):
     argv = ["--faces", str(faces_dir), "--seeds", "2", "--out", str(out), "--workflow", WORKFLOW,
-            "--insightface", models["pack"], "--device", "cpu"] + (["--clip", models["clip"]] if clip else [])
+            "--arcface", models["pack"], "--dlib", "off", "--device", "cpu"] + (["--clip", models["clip"]] if clip else [])
     for p in PROMPTS:
         argv += ["--prompt", p]
     for url in servers:
@@ -143,10 +143,13 @@ def test_outputs_are_written(two_servers_one_dying):
     assert len(rows) == 8 and {r["face"] for r in rows} == {"anna", "ben"}
     assert list(rows[0])[:6] == ["face", "prompt_index", "prompt", "seed", "file", "face_found"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 8 and summary["detection_rate"] == 1.0 and summary["seeds"] == [0, 1]
-    assert set(summary["mean"]) == {"identity", "clip_t", "clip_i", "clip_dir", "hmean_t", "gmean_t",
-                                    "hmean_dir", "gmean_dir"}
-    assert summary["upper_bound"]["n"] == [1, 2] and summary["upper_bound"]["rank_by"] == "hmean_t"
+    assert summary["images"] == 8 and summary["detection_rate"] == {"arcface": 1.0} and summary["seeds"] == [0, 1]
+    assert {k for k, v in summary["mean"].items() if v is not None} == {"arcface", "clip", "dclip", "hmean_filled",
+                                                                        "gmean_filled"}
+    assert set(summary["missing"]) == {"adaface", "sphereface", "facenet", "dlib", "siglip", "hmean", "gmean"}
+    assert summary["columns"]["arcface"]["filled"] and "w600k_r50.onnx" in summary["columns"]["arcface"]["model"]
+    assert summary["columns"]["dlib"] == {"filled": False, "missing": "turned off (--dlib off)"}
+    assert summary["upper_bound"]["n"] == [1, 2] and summary["upper_bound"]["rank_by"] == "hmean_filled"
     assert set(summary["per_face"]) == {"anna", "ben"}
     for face in ("anna", "ben"):
         with Image.open(out / "grids" / f"{face}.jpg") as g:
@@ -156,9 +159,9 @@ def test_outputs_are_written(two_servers_one_dying):
 
 
 def test_scores_are_the_metrics_of_the_saved_images(two_servers_one_dying, models, faces_dir):
-    """Recomputed from the files with the models directly: identity from the known embedding
-    function, CLIP-T on the prompt with 'f l' read as 'a person', directional CLIP from the
-    same face's reference image of the same seed and 'A photo of a person'."""
+    """Recomputed from the files with the models directly: the arcface identity from the known
+    embedding function (Eq. 10), CLIP on the prompt with 'f l' read as 'a person' (Eq. 11), dCLIP
+    from the same face's reference image of the same seed and 'A photo of a person' (Eq. 12-13)."""
     out = two_servers_one_dying["out"]
     rows = list(csv.DictReader(open(out / "results.csv")))
     clip = ClipEmbedder(models["clip"])
@@ -174,18 +177,21 @@ def test_scores_are_the_metrics_of_the_saved_images(two_servers_one_dying, model
         image = np.asarray(Image.open(out / r["file"]).convert("RGB"))
         photo = np.asarray(Image.open(faces_dir / f"{r['face']}.png").convert("RGB"))
         identity = max(0.0, metrics.cosine(crop_embedding(photo), crop_embedding(image)))
-        assert float(r["identity"]) == pytest.approx(identity, abs=1e-5)
+        assert float(r["arcface"]) == pytest.approx(identity, abs=1e-5)
         text = clip.texts([r["prompt"].replace("f l", "a person")])[0]
         img = clip.images([image])[0]
-        assert float(r["clip_t"]) == pytest.approx(float(img @ text), abs=1e-5)
+        assert float(r["clip"]) == pytest.approx(max(float(img @ text), 0.0), abs=1e-5)
         ref = clip.images([np.asarray(Image.open(out / "images" / r["face"] / f"{r['face']}_ref_{r['seed']}.png")
                                       .convert("RGB"))])[0]
-        assert float(r["clip_dir"]) == pytest.approx(metrics.cosine(img - ref, text - neutral), abs=1e-5)
-        assert float(r["hmean_t"]) == pytest.approx(float(metrics.harmonic_mean(identity, float(img @ text))), abs=1e-5)
+        dclip = max(metrics.cosine(img - ref, text - neutral), 0.0)
+        assert float(r["dclip"]) == pytest.approx(dclip, abs=1e-5)
+        assert r["adaface"] == "" and r["siglip"] == "" and r["hmean"] == ""  # no model given: missing
+        three = [identity, max(float(img @ text), 0.0), dclip]
+        assert float(r["hmean_filled"]) == pytest.approx(metrics.harmonic_mean(three), abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mean"]["identity"] == pytest.approx(np.mean([float(r["identity"]) for r in rows]), abs=1e-6)
-    assert summary["upper_bound"]["identity"][0] == pytest.approx(summary["mean"]["identity"])  # N=1 is the mean
-    assert summary["mean"]["identity"] > 0.3  # the generated images keep the face photo's colours
+    assert summary["mean"]["arcface"] == pytest.approx(np.mean([float(r["arcface"]) for r in rows]), abs=1e-6)
+    assert summary["upper_bound"]["arcface"][0] == pytest.approx(summary["mean"]["arcface"])  # N=1 is the mean
+    assert summary["mean"]["arcface"] > 0.3  # the generated images keep the face photo's colours
 
 
 def test_resume_after_interruption_makes_only_what_is_missing(models, faces_dir, tmp_path, capsys):

@@ -13,6 +13,7 @@ from ..faces.detect import find_detector_files
 from ..cli import run_command
 from ..errors import F2DError
 from ..client.uploads import face_uploads
+from ..faces.dlib_detector import INSTALL as DLIB_INSTALL, dlib_available
 from ..faces.recognize import find_recognizer_file
 from ..client.workflow import load_workflow
 from . import report
@@ -29,9 +30,10 @@ PROG = "python -m f2d_core.evaluate"
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog, description="The paper's evaluation: every face x prompt x seed generated through a "
-        "Face2Diffusion workflow on one or more ComfyUI servers, then identity (ArcFace) and text alignment "
-        "(CLIP) scores, their per-image harmonic/geometric means and the best-of-N upper bound. Rerun the "
-        "same command to continue an interrupted run.")
+        "Face2Diffusion workflow on one or more ComfyUI servers, then the paper's scores (Appendix E.3): identity "
+        "(AdaFace, SphereFace, FaceNet; plus ArcFace and dlib), text alignment (CLIP, dCLIP, SigLIP), their "
+        "per-image harmonic/geometric means and the best-of-N upper bound. Rerun the same command to continue an "
+        "interrupted run.")
     ap.add_argument("--faces", required=True, metavar="DIR",
                     help="one photo per person (or one subfolder of photos per person)")
     ap.add_argument("--prompts", action="append", default=[], metavar="FILE",
@@ -46,11 +48,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     runner.add_generation_arguments(ap)
     ap.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                     help="a server that has not finished an image after this long is dropped (default 1800)")
-    ap.add_argument("--insightface", metavar="PACK_DIR",
-                    help="insightface pack folder with a detector and a recognition model, e.g. "
-                         "ComfyUI/models/insightface/models/buffalo_l (w600k_r50.onnx) or .../antelopev2")
-    ap.add_argument("--clip", metavar="DIR", help="a local transformers CLIP model folder for the text scores "
-                    "(e.g. a copy of openai/clip-vit-large-patch14); without it only identity is scored")
+    scoring = ap.add_argument_group("scoring (the paper's Appendix E.3; a column without its model is reported missing)")
+    scoring.add_argument("--adaface", metavar="FILE", help="AdaFace IR-101/IR-50 weights, e.g. "
+                         "adaface_ir101_webface12m.ckpt (or its weights extracted to .safetensors)")
+    scoring.add_argument("--sphereface", metavar="FILE", help="SphereFace sphere20a_20171020.pth "
+                         "(clcarwin/sphereface_pytorch)")
+    scoring.add_argument("--facenet", metavar="FILE", help="facenet-pytorch's 20180402-114759-vggface2.pt")
+    scoring.add_argument("--arcface", "--insightface", dest="arcface", metavar="PACK_DIR",
+                         help="insightface pack with a detector and a recognition model (an extra 'arcface' column), "
+                              "e.g. ComfyUI/models/insightface/models/buffalo_l")
+    scoring.add_argument("--dlib", choices=("auto", "on", "off"), default="auto",
+                         help="the 'dlib' identity column (dlib's recogniser, installed by requirements-dlib.txt): "
+                              "auto fills it when dlib is installed (default)")
+    scoring.add_argument("--detector", default="auto", metavar="dlib|PACK_DIR",
+                         help="face detector for AdaFace/SphereFace/FaceNet: 'dlib' or an insightface pack folder "
+                              "(default auto: the --arcface pack, else dlib)")
+    scoring.add_argument("--clip", metavar="DIR", help="a local transformers CLIP folder for the clip and dclip "
+                         "columns; the paper's is laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    scoring.add_argument("--siglip", metavar="DIR", help="a local transformers SigLIP folder for the siglip column, "
+                         "e.g. google/siglip-so400m-patch14-384 (needs sentencepiece)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="for scoring (default auto)")
     ap.add_argument("--subject", default=SUBJECT, help=f"what CLIP reads for 'f l' (default {SUBJECT!r})")
     ap.add_argument("--neutral-text", default=NEUTRAL_TEXT,
@@ -60,16 +76,28 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _check_scoring_models(args) -> None:
+    """Before anything is generated: every model file given exists, and some identity column can be filled."""
     if args.generate_only:
         return
-    if not args.insightface:
-        raise F2DError("--insightface PACK_DIR is needed to score identity (e.g. ComfyUI/models/insightface/models/"
-                       "buffalo_l); or pass --generate-only to only make the images.")
-    find_detector_files(args.insightface)
-    find_recognizer_file(args.insightface)
-    if args.clip and not os.path.isfile(os.path.join(args.clip, "config.json")):
-        raise F2DError(f"--clip {args.clip}: no config.json there. Give a local transformers CLIP model folder "
-                       "(config.json, weights, tokenizer and preprocessor files); nothing is downloaded.")
+    for flag in ("adaface", "sphereface", "facenet"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise F2DError(f"--{flag} {path}: file not found.")
+    if args.arcface:
+        find_detector_files(args.arcface)
+        find_recognizer_file(args.arcface)
+    for flag in ("clip", "siglip"):
+        folder = getattr(args, flag)
+        if folder and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise F2DError(f"--{flag} {folder}: no config.json there. Give a local transformers {flag.upper()} model "
+                           "folder (config.json, weights, tokenizer and preprocessor files); nothing is downloaded.")
+    dlib_ok = dlib_available()
+    if args.dlib == "on" and not dlib_ok:
+        raise F2DError(f"--dlib on: dlib is not installed. {DLIB_INSTALL[0].upper()}{DLIB_INSTALL[1:]}.")
+    if not (args.adaface or args.sphereface or args.facenet or args.arcface or (args.dlib != "off" and dlib_ok)):
+        raise F2DError("no identity column can be filled: give --adaface, --sphereface and/or --facenet (the paper's "
+                       f"recognisers), --arcface PACK_DIR, or install dlib ({DLIB_INSTALL}); or pass --generate-only "
+                       "to only make the images.")
 
 
 def generate(args, workflow: dict, todo: list, total: int) -> None:
@@ -110,15 +138,17 @@ def generate(args, workflow: dict, todo: list, total: int) -> None:
 
 
 def score_and_report(args, faces, jobs, prompts, seeds, generation) -> dict:
-    from .clip_score import ClipEmbedder
-    from ..faces.similarity import load_identity_scorer
+    from .clip_score import ClipEmbedder, SiglipEmbedder  # torch and transformers: only when scoring
+    from .identity_models import load_backends
     device = args.device
     if device == "auto":
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    identity = load_identity_scorer(args.insightface, device="cpu" if args.device == "cpu" else "auto")
+    identity, missing = load_backends({c: getattr(args, c) for c in ("adaface", "sphereface", "facenet")},
+                                      arcface=args.arcface, dlib=args.dlib, detector=args.detector, device=device)
     clip = ClipEmbedder(args.clip, device=device) if args.clip else None
-    scorer = Scorer(identity, clip, subject=args.subject, neutral_text=args.neutral_text)
+    siglip = SiglipEmbedder(args.siglip, device=device) if args.siglip else None
+    scorer = Scorer(identity, clip, siglip, missing, subject=args.subject, neutral_text=args.neutral_text)
     n = sum(not j.is_reference for j in jobs)
     bar = progress_bar(n, "scoring")
     try:
@@ -130,11 +160,10 @@ def score_and_report(args, faces, jobs, prompts, seeds, generation) -> dict:
     os.makedirs(os.path.join(out, "grids"), exist_ok=True)
     for face in faces:
         files["grids"].append(report.grid(face, jobs, rows, out, os.path.join(out, "grids", face.label + ".jpg")))
-    info = {"recognizer": identity.recognizer.name, "insightface_pack": os.path.abspath(args.insightface),
-            "clip": clip.path if clip else None, "faces": [f.label for f in faces], "prompts": len(prompts),
+    info = {"faces": [f.label for f in faces], "prompts": len(prompts),
             "prompt_files": [os.path.abspath(p) for p in args.prompts] or ([] if args.prompt else [PAPER_PROMPTS]),
             "seeds": seeds, "generation": generation, "subject": args.subject, "neutral_text": args.neutral_text}
-    summary = report.summarize(rows, info)
+    summary = report.summarize(rows, info, scorer.columns())
     files["plot"] = report.plot_upper_bound(summary["upper_bound"], os.path.join(out, "upper_bound.png"))
     summary["files"] = {k: (os.path.relpath(v, out) if isinstance(v, str) else
                             [os.path.relpath(p, out) for p in v] if isinstance(v, list) else v)
@@ -167,8 +196,11 @@ def run(args) -> int:
     if args.generate_only:
         return 0
     summary = score_and_report(args, faces, jobs, prompts, seeds, generation)
-    means = "  ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
-    print(f"{summary['images']} image(s), face found in {100 * summary['detection_rate']:.1f}%: {means}")
+    means = "  ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items() if v is not None)
+    found = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["detection_rate"].items())
+    print(f"{summary['images']} image(s); face found by {found}: {means}")
+    if summary["missing"]:
+        print("missing (no model given): " + ", ".join(summary["missing"]))
     print(f"wrote {os.path.join(args.out, 'results.csv')}, summary.json, grids/, "
           + (summary["files"]["plot"] or "no plot"))
     return 0

@@ -1,4 +1,8 @@
-"""results.csv, summary.json, an image grid per face and the upper-bound plot."""
+"""results.csv, summary.json, an image grid per face and the upper-bound plot.
+
+summary.json names, per score column, the model that filled it (and whether it is the paper's)
+or why it is missing; a missing column is null in "mean", empty in results.csv, and left out of
+the combined scores and the plot, never filled with another model's numbers."""
 from __future__ import annotations
 
 import csv
@@ -9,21 +13,30 @@ from collections import defaultdict
 
 from . import metrics
 from .jobs import Job
-from .scoring import COLUMNS
+from .scoring import COLUMNS, COMBINED, IDENTITY_COLUMNS, PAPER_SIX, SCORE_COLUMNS
 
-SCORES = ["identity", "clip_t", "clip_i", "clip_dir", "hmean_t", "gmean_t", "hmean_dir", "gmean_dir"]
+SCORES = list(SCORE_COLUMNS + COMBINED)
+_ID = "max(cos(f_fr(x), f_fr(y)), 0) of the generated face y and the face photo(s) x, 0 when no face is found (Eq. 10)"
 DEFINITIONS = {
-    "identity": "ArcFace cosine of generated face vs face photo(s), clipped to [0, 1]; 0 when no face is found",
-    "clip_t": "CLIP cosine of image vs prompt (identifier 'f l' read as the subject text)",
-    "clip_i": "CLIP cosine of image vs face photo(s)",
-    "clip_dir": "directional CLIP: cos(E_I(image) - E_I(reference image 'a photo of f l', same seed), "
-                "E_T(prompt) - E_T('A photo of a person'))",
-    "hmean_t": "per-image harmonic mean of identity and clip_t, averaged over images",
-    "gmean_t": "per-image geometric mean of identity and clip_t, averaged over images",
-    "hmean_dir": "per-image harmonic mean of identity and clip_dir, averaged over images",
-    "gmean_dir": "per-image geometric mean of identity and clip_dir, averaged over images",
-    "upper_bound": "best of N samples per face x prompt (picked by rank_by), expected over every choice of N "
-                   "of the seeds, averaged over face x prompt",
+    "adaface": f"ID with AdaFace: {_ID}",
+    "sphereface": f"ID with SphereFace: {_ID}",
+    "facenet": f"ID with FaceNet: {_ID}",
+    "arcface": f"ID with insightface's ArcFace (not one of the paper's recognisers): {_ID}",
+    "dlib": f"ID with dlib's face recognition ResNet (not one of the paper's recognisers): {_ID}",
+    "clip": "max(cos(E_I(y), E_T(p)), 0), prompt p with the identifier 'f l' read as the subject text (Eq. 11)",
+    "dclip": "max(cos(E_I(y) - E_I(y_r), E_T(p) - E_T(p_r)), 0), y_r the image of 'a photo of f l' of the same face "
+             "and seed, p_r the neutral text (Eq. 12-13)",
+    "siglip": "sigmoid(s * cos(E_I(y), E_T(p)) + b), s = exp(logit_scale) and b = logit_bias of the SigLIP model (Eq. 14)",
+    "hmean": "per-image harmonic mean of the six paper columns (adaface, sphereface, facenet, clip, dclip, siglip), "
+             "averaged over images (Sec. 4.2); missing unless all six are filled",
+    "gmean": "per-image geometric mean of the six paper columns, averaged over images (Sec. 4.2); missing unless all "
+             "six are filled",
+    "hmean_filled": "per-image harmonic mean of the score columns that were filled (listed under 'combined'), "
+                    "averaged over images; NOT the paper's hMean unless those are its six",
+    "gmean_filled": "per-image geometric mean of the score columns that were filled, averaged over images; NOT the "
+                    "paper's gMean unless those are its six",
+    "upper_bound": "Fig. 7: for N in (1, 2, 4, 8, 16) up to the seeds made, the sample with the best rank_by among N "
+                   "of a face x prompt, expected over every choice of N of its seeds, averaged over face x prompt",
 }
 
 
@@ -32,15 +45,17 @@ def _present(rows: list[dict]) -> list[str]:
 
 
 def _means(rows: list[dict], keys: list[str]) -> dict:
-    return {k: metrics.mean_of_per_image([r[k] for r in rows]) for k in keys}
+    """Every score column: the mean over images, or None (missing) when not every image has it."""
+    return {k: (metrics.mean_of_per_image([r[k] for r in rows]) if k in keys else None) for k in SCORES}
 
 
 def upper_bound(rows: list[dict], keys: list[str]) -> dict:
-    rank_by = "hmean_t" if "hmean_t" in keys else "identity"
+    """Fig. 7, ranked by the paper's hMean; when that is missing, by hmean_filled (and said so)."""
+    rank_by = next((k for k in ("hmean", "hmean_filled") if k in keys), None)
     groups = defaultdict(list)
     for r in rows:
         groups[(r["face"], r["prompt_index"])].append(r)
-    if not groups:
+    if not groups or rank_by is None:
         return {"rank_by": rank_by, "n": []}
     ns = metrics.best_of_ns(min(len(g) for g in groups.values()))
     out = {"rank_by": rank_by, "n": ns}
@@ -50,19 +65,31 @@ def upper_bound(rows: list[dict], keys: list[str]) -> dict:
     return out
 
 
-def summarize(rows: list[dict], info: dict) -> dict:
+def _detection(rows: list[dict], columns: dict) -> dict:
+    """Per identity column filled: the fraction of images in which its detector found a face."""
+    return {c: metrics.mean_of_per_image([c not in (r.get("no_face") or "").split() for r in rows])
+            for c in IDENTITY_COLUMNS if columns.get(c, {}).get("filled")}
+
+
+def summarize(rows: list[dict], info: dict, columns: dict | None = None) -> dict:
+    """columns: Scorer.columns(), which model filled which column or why it is missing."""
     keys = _present(rows)
+    columns = dict(columns or {})
+    filled_scores = [c for c in SCORE_COLUMNS if c in keys]
+    columns["combined"] = {"hmean_gmean": list(PAPER_SIX) if "hmean" in keys else None,
+                           "hmean_filled_gmean_filled": filled_scores if "hmean_filled" in keys else None}
     per_face = defaultdict(list)
     for r in rows:
         per_face[r["face"]].append(r)
     return {
         **info,
         "images": len(rows),
-        "detection_rate": metrics.mean_of_per_image([float(r["face_found"]) for r in rows]),
+        "columns": columns,
+        "missing": [c for c in SCORES if c not in keys],
+        "detection_rate": _detection(rows, columns),
         "mean": _means(rows, keys),
-        "per_face": {f: {"images": len(rs), "detection_rate": metrics.mean_of_per_image([float(r["face_found"])
-                                                                                         for r in rs]),
-                         **_means(rs, keys)} for f, rs in per_face.items()},
+        "per_face": {f: {"images": len(rs), "detection_rate": _detection(rs, columns), **_means(rs, keys)}
+                     for f, rs in per_face.items()},
         "upper_bound": upper_bound(rows, keys),
         "definitions": {k: v for k, v in DEFINITIONS.items() if k in keys or k == "upper_bound"},
     }
@@ -73,7 +100,7 @@ def write_csv(rows: list[dict], path: str) -> str:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     return path
 
 
@@ -84,9 +111,19 @@ def write_json(obj: dict, path: str) -> str:
     return path
 
 
+def _grid_text(r: dict) -> str:
+    """The first filled identity column, CLIP, and hMean (H) or, without it, hmean_filled (H*)."""
+    ident = next((c for c in IDENTITY_COLUMNS if r.get(c) is not None), None)
+    parts = [f"{ident[:4]} {r[ident]:.2f}"] if ident else []
+    parts += [f"T {r['clip']:.2f}"] if r.get("clip") is not None else []
+    h = next((k for k in ("hmean", "hmean_filled") if r.get(k) is not None), None)
+    parts += [f"{'H' if h == 'hmean' else 'H*'} {r[h]:.2f}"] if h else []
+    return "  ".join(parts)
+
+
 def grid(face, jobs: list[Job], rows: list[dict], out_dir: str, path: str, cell: int = 160) -> str:
     """Rows: the face photo and the reference images, then one row per prompt; columns: seeds.
-    Under each image: its identity (ID) and CLIP (T) scores."""
+    Under each image: its first identity score, CLIP and hMean (as filled)."""
     from PIL import Image, ImageDraw, ImageOps
     seeds = sorted({j.seed for j in jobs if j.face == face})
     prompts = sorted({(j.prompt_index, j.prompt) for j in jobs if j.face == face})
@@ -113,8 +150,7 @@ def grid(face, jobs: list[Job], rows: list[dict], out_dir: str, path: str, cell:
             paste(Job(face, pi, prompt, seed).path(out_dir), x, y)
             r = scores.get((pi, seed))
             if r is not None:
-                text = f"ID {r['identity']:.2f}" + (f"  T {r['clip_t']:.2f}" if r.get("clip_t") is not None else "")
-                draw.text((x + 4, y + cell + 2), text, fill="black" if r["face_found"] else "red")
+                draw.text((x + 4, y + cell + 2), _grid_text(r), fill="black" if r["face_found"] else "red")
             elif pi < 0:
                 draw.text((x + 4, y + cell + 2), f"seed {seed}", fill="black")
     canvas.save(path)
@@ -131,16 +167,17 @@ def plot_upper_bound(ub: dict, path: str) -> str | None:
         return None
     ns = ub.get("n") or []
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for k in ("identity", "clip_t", "clip_dir", "hmean_t", "gmean_t"):
+    for k in SCORES:  # the filled columns only: a missing one has no curve
         if k in ub:
             ax.plot(ns, ub[k], marker="o", label=k)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel(f"N samples per face x prompt (best by {ub.get('rank_by')})")
     ax.set_ylabel("mean score of the best sample")
-    ax.set_title("Upper bound: best of N")
+    ax.set_title("Upper bound (Fig. 7): best of N")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.lines:  # none without an Identity x Text score to rank by
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
+from .dlib_detector import load_dlib_detector
 from .images import to_rgb_uint8
 from .onnx import make_session, normalises_itself, read_graph_summary
 
@@ -284,7 +285,11 @@ def _load(det, det_mtime, lmk, lmk_mtime, device, options):
 
 def load_detector(pack_dir, use_landmarks68=True, device="auto", **kw) -> FaceDetector:
     """A FaceDetector for a pack folder; cached, so each model file is loaded once (kw: det_size,
-    det_thresh, nms_thresh)."""
+    det_thresh, nms_thresh). pack_dir "dlib": dlib's detector, which needs no model folder."""
+    # --- dlib (faces/dlib_detector.py), which makes this module's Face
+    if isinstance(pack_dir, str) and pack_dir == "dlib":
+        return load_dlib_detector(Face, device=device, **kw)
+    # --- insightface packs
     det, lmk = find_detector_files(pack_dir)
     det = os.path.realpath(det)
     lmk = os.path.realpath(lmk) if (lmk and use_landmarks68) else None
