@@ -7,6 +7,9 @@ import sys
 
 from .cli import run_command
 from .errors import F2DError
+
+# requirements-tools.txt: import name -> package name
+TOOLS_MODULES = {"requests": "requests", "websocket": "websocket-client", "tqdm": "tqdm"}
 from .weights.outputs import check_output_path
 
 
@@ -92,12 +95,20 @@ def main(argv=None) -> int:
     sub.add_parser("evaluate", add_help=False, help="the paper's evaluation on ComfyUI server(s): images, "
                    "identity and CLIP scores, report")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["run"]:  # run has its own parser; REMAINDER would reject a leading --face
-        from .client.run import main as run_main
-        return run_main(argv[1:], "python -m f2d_core run")
-    if argv[:1] == ["evaluate"]:
-        from .evaluate import main as evaluate_main
-        return evaluate_main(argv[1:], "python -m f2d_core evaluate")
+    try:
+        if argv[:1] == ["run"]:  # run has its own parser; REMAINDER would reject a leading --face
+            from .client.run import main as run_main
+            return run_main(argv[1:], "python -m f2d_core run")
+        if argv[:1] == ["evaluate"]:
+            from .evaluate import main as evaluate_main
+            return evaluate_main(argv[1:], "python -m f2d_core evaluate")
+    except ModuleNotFoundError as e:  # the tools' own dependencies, which the node pack does not install
+        if e.name not in TOOLS_MODULES:
+            raise
+        print(f"error: {TOOLS_MODULES[e.name]} is not installed, and `{argv[0]}` needs it. Install the "
+              "tools' requirements: pip install -r requirements-tools.txt (scripts/f2d.sh does this).",
+              file=sys.stderr)
+        return 2
     if argv[:1] == ["bench"]:  # likewise: bench parses its own options (--device, --json, ...)
         from .bench import main as bench_main
         return run_command(bench_main, argv[1:])

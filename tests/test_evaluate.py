@@ -1,7 +1,7 @@
-"""`python -m f2d_core.evaluate` against FAKE ComfyUI servers (tests/fake_comfy.py: real HTTP and
-websocket on loopback, canned behaviour), scored with test-built models: a recogniser whose
-embedding is a known function of the crop and a detector that sees one face in the middle of any
-picture (tests/recognizer_onnx.py), and a tiny random CLIP (tests/tiny_clip.py)."""
+"""`python -m f2d_core.evaluate` against FAKE ComfyUI servers (tests/fake_comfy.py: an aiohttp
+server on loopback with ComfyUI's routes and validation, canned execution), scored with test-built
+models: a recogniser whose embedding is a known function of the crop and a detector that sees one
+face in the middle of any picture (tests/recognizer_onnx.py), and a tiny random CLIP (tests/tiny_clip.py)."""
 from __future__ import annotations
 
 import csv
@@ -29,7 +29,8 @@ from f2d_core.evaluate import jobs
 from f2d_core.evaluate.jobs import PAPER_PROMPTS, Face, find_faces, make_jobs, read_prompts
 from f2d_core.client.run import trigger_pattern
 from f2d_core.client.workflow import MissingNodeTypes
-from fake_comfy import FakeComfy, fake_object_info, run_within
+from f2d_core.client.workflow import load_workflow, to_api
+from fake_comfy import FakeComfy, fake_object_info, latent_size, run_within, tiny_png
 
 WORKFLOW = str(Path(__file__).with_name("data") / "f2d_test_workflow.json")
 PROMPTS = ["a photo of f l as a chef", "f l in the snow"]
@@ -47,15 +48,16 @@ def png(array) -> bytes:
 
 
 def rendering(fake):
-    """What the fake server "generates": the uploaded face photo, 64x64, with a band whose colour
-    depends on the prompt text and the seed (so every job has its own image)."""
+    """What the fake server "generates": the uploaded face photo at the requested size, with a band
+    whose colour depends on the prompt text and the seed (so every job has its own image)."""
     def image(prompt, seed):
         nodes = prompt.values()
         name = next(n["inputs"]["image"] for n in nodes if n["class_type"] == "LoadImage")
         text = next(n["inputs"]["text"] for n in nodes if n["class_type"] == "F2DInjectFaceToken")
-        face = np.asarray(Image.open(io.BytesIO(fake.uploads[name])).convert("RGB").resize((64, 64)))
+        size = latent_size(prompt)
+        face = np.asarray(Image.open(io.BytesIO(fake.uploads[name])).convert("RGB").resize(size))
         face = face.copy()
-        face[48:, :] = np.frombuffer(hashlib.sha1(f"{text}|{seed}".encode()).digest()[:3], np.uint8)
+        face[size[1] * 3 // 4:, :] = np.frombuffer(hashlib.sha1(f"{text}|{seed}".encode()).digest()[:3], np.uint8)
         return png(face)
     fake.image = image
     return fake
@@ -80,7 +82,7 @@ def faces_dir(tmp_path_factory):
 
 def evaluate(models, faces_dir, out, servers, *extra, clip=True):
     argv = ["--faces", str(faces_dir), "--seeds", "2", "--out", str(out), "--workflow", WORKFLOW,
-            "--arcface", models["pack"], "--dlib", "off", "--device", "cpu"] + (["--clip", models["clip"]] if clip else [])
+            "--width", "64", "--height", "64", "--arcface", models["pack"], "--dlib", "off", "--device", "cpu"] + (["--clip", models["clip"]] if clip else [])
     for p in PROMPTS:
         argv += ["--prompt", p]
     for url in servers:
@@ -241,7 +243,8 @@ def test_a_server_that_hangs_is_interrupted_and_its_job_made_elsewhere(models, f
         rendering(ok)
         rc = evaluate(models, faces_dir, tmp_path / "out", [stuck.url, ok.url], "--generate-only", "--timeout", "1")
         assert rc == 0, capsys.readouterr().err
-        assert len(stuck.prompts) == 1 and stuck.interrupts == 1 and len(ok.prompts) == 12
+        assert len(stuck.prompts) == 1 and len(ok.prompts) == 12
+        assert len(stuck.deleted) == 1 and stuck.interrupts == [{"prompt_id": stuck.deleted[0]}]  # its own prompt
     assert "did not finish within 1 s" in capsys.readouterr().err
     assert len(list((tmp_path / "out" / "images").rglob("*.png"))) == 12
 
@@ -307,6 +310,79 @@ def test_images_are_saved_where_resume_and_scoring_look_whatever_format_the_work
     assert len((out / "results.csv").read_text().splitlines()) == 1 + 8
 
 
+# --- no fake results: what is counted as done is checked, a failed job leaves nothing -------------
+
+def manifest_files(out):
+    path = out / "manifest.jsonl"
+    return [json.loads(x)["file"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_resumed_run_remakes_images_that_are_damaged_replaced_or_not_recorded(models, faces_dir, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "out"
+    with FakeComfy() as fake:
+        rendering(fake)
+        assert evaluate(models, faces_dir, out, [fake.url], "--generate-only") == 0, capsys.readouterr().err
+    images = out / "images"
+    truncated, resized, unrecorded = images / "anna" / "anna_00_0.png", images / "ben" / "ben_ref_1.png", \
+        images / "ben" / "ben_01_0.png"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    Image.new("RGB", (32, 32)).save(resized)  # readable, but not what the job made
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(x for x in lines if "ben_01_0" not in x) + "\n")
+    with FakeComfy() as fresh:
+        rendering(fresh)
+        assert evaluate(models, faces_dir, out, [fresh.url], "--generate-only") == 0, capsys.readouterr().err
+    assert sorted(job(p) for p in fresh.prompts) == [("anna.png", PROMPTS[0], 0), ("ben.png", "a photo of f l", 1),
+                                                     ("ben.png", PROMPTS[1], 0)]
+    for path in (truncated, resized, unrecorded):
+        with Image.open(path) as im:
+            assert im.size == (64, 64)
+    assert "9 of 12 image(s) already made; making 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--steps 0", "error: --steps 0: the sampler needs at least 1 step (ComfyUI's KSampler minimum)."),
+    ("--steps -1", "error: --steps -1: the sampler needs at least 1 step"),
+    ("--seed -1", "error: --seed -1: seeds run from 0 to 18446744073709551615 (ComfyUI's KSampler range)"),
+], ids=["steps-0", "steps-negative", "seed-negative"])
+def test_impossible_numbers_end_the_evaluation_before_anything_is_made(models, faces_dir, tmp_path, capsys,
+                                                                       option, message):
+    with FakeComfy() as fake:
+        rc = evaluate(models, faces_dir, tmp_path / "out", [fake.url], "--generate-only", *option.split())
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not fake.prompts and not (tmp_path / "out").exists()
+
+
+def test_a_rejected_workflow_stops_the_evaluation_and_nothing_counts_as_done(models, faces_dir, tmp_path, capsys):
+    api = to_api(load_workflow(WORKFLOW), fake_object_info())
+    api["8"]["inputs"]["steps"] = 0  # past the local check: ComfyUI's validation says no
+    (tmp_path / "zero.json").write_text(json.dumps(api))
+    out = tmp_path / "out"
+    with FakeComfy() as a, FakeComfy() as b:
+        rc = evaluate(models, faces_dir, out, [a.url, b.url], "--generate-only", "--workflow",
+                      str(tmp_path / "zero.json"))
+    err = capsys.readouterr().err
+    assert rc == 2 and ("ComfyUI rejected the workflow: Prompt outputs failed validation\n"
+                        "  node 8 (KSampler): Value 0 smaller than min of 1: steps") in err
+    assert not list(out.rglob("*.png")) and manifest_files(out) == []
+    assert "dropped" not in err  # the workflow's fault, the same on every server: not retried
+
+
+def test_an_image_of_the_wrong_size_is_not_saved_nor_counted_as_done(models, faces_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with FakeComfy() as fake:
+        fake.image = lambda prompt, seed: tiny_png(seed, (112, 112))
+        rc = evaluate(models, faces_dir, out, [fake.url], "--generate-only")
+    err = capsys.readouterr().err
+    assert rc == 2 and "node 10 (SaveImage) gave a 112x112 image" in err and "but the job asks for 64x64" in err
+    assert not list(out.rglob("*.png")) and manifest_files(out) == []
+    with FakeComfy() as fresh:  # resumed: nothing was counted as done
+        rendering(fresh)
+        assert evaluate(models, faces_dir, out, [fresh.url], "--generate-only") == 0
+    assert len(fresh.prompts) == 12 and len(manifest_files(out)) == 12
+
+
 # --- the dispatcher on its own (no server: clients are stand-ins) ----------------------------------
 
 class StandIn:
@@ -321,7 +397,7 @@ class StandIn:
     def open_ws(self):
         return False
 
-    def interrupt(self):
+    def cancel(self, prompt_id=None):
         pass
 
     def close(self):

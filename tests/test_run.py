@@ -1,24 +1,24 @@
-"""The headless runner end to end against tests/fake_comfy.py (a FAKE ComfyUI on loopback: real
-HTTP and websocket, canned behaviour), plus the websocket framing and error formatting."""
+"""The headless runner end to end against tests/fake_comfy.py (a FAKE ComfyUI on loopback: an
+aiohttp server with ComfyUI's routes and validation, canned execution), plus error formatting."""
 from __future__ import annotations
 
+import io
 import json
 import os
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import websocket
 from PIL import Image
 
 from f2d_core.client.comfy import ComfyClient, ComfyError, PromptRejected
 from f2d_core.client.server import ServerStartError, start_server
 from f2d_core.client.run import DEFAULT_WORKFLOW, main, workflow_trigger
-from f2d_core.client.websocket import BINARY, TEXT, WebSocket, WebSocketError, build_frame, mask, parse_frame
-from fake_comfy import (CLOSE, PING, PONG, FakeComfy, client_frame, fake_object_info, run_within, server_frame,
-                        tiny_png)
+from f2d_core.client.workflow import load_workflow, to_api
+from fake_comfy import PREVIEW_SIZE, FakeComfy, fake_object_info, run_within, tiny_png
 
 DATA = Path(__file__).with_name("data")
 WORKFLOW = str(DATA / "f2d_test_workflow.json")
@@ -50,7 +50,7 @@ def test_end_to_end_saves_every_prompt_and_seed_with_the_values_filled_in(tmp_pa
     assert rc == 0, err
     names = sorted(os.listdir(tmp_path / "out"))
     assert names == ["alice_00_10.png", "alice_00_11.png", "alice_01_10.png", "alice_01_11.png", "manifest.jsonl"]
-    assert (tmp_path / "out" / "alice_01_11.png").read_bytes() == tiny_png(11)  # the image of that seed
+    assert (tmp_path / "out" / "alice_01_11.png").read_bytes() == tiny_png(11, (256, 320))  # that seed's image
     assert len(fake.prompts) == 4
     (upload, data), = fake.uploads.items()
     assert data == (tmp_path / "alice.png").read_bytes() and upload.endswith("-alice.png")
@@ -66,8 +66,9 @@ def test_end_to_end_saves_every_prompt_and_seed_with_the_values_filled_in(tmp_pa
     manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [(m["file"], m["prompt_index"], m["seed"]) for m in manifest][-1] == ("alice_01_11.png", 1, 11)
     assert f"saved {tmp_path / 'out' / 'alice_00_10.png'}" in out and "4 image(s) in" in out
-    assert "[4/4] alice_01_11" in err and "KSampler step 3/3" in err  # progress from the websocket
-    assert fake.pong_payloads[:1] == [b"hi"] and fake.unmasked_frames == 0  # answered the ping; masked frames
+    assert "4/4" in err and "alice_01_11: KSampler step 3/3" in err  # progress from the websocket
+    assert fake.pongs[:1] == [b"hi"]  # the client answered the server's ping
+    assert fake.targets == [["10"]] * 4  # only the SaveImage branch is asked for
 
 
 def test_prompts_file_times_seeds_count(tmp_path, capsys):
@@ -144,7 +145,7 @@ def test_falls_back_to_polling_history_without_a_websocket(tmp_path, capsys, kno
     with FakeComfy(**knobs) as fake:
         rc = run(fake, tmp_path, "--prompt", "f l", "--seed", "7")
     assert rc == 0, capsys.readouterr().err
-    assert (tmp_path / "out" / "alice_00_7.png").read_bytes() == tiny_png(7)
+    assert (tmp_path / "out" / "alice_00_7.png").read_bytes() == tiny_png(7, (512, 512))
     assert fake.ws_connects == (0 if knobs.get("ws") is False else 1)
 
 
@@ -154,7 +155,7 @@ def test_several_photos_of_one_person_are_letterboxed_and_batched(tmp_path, caps
     with FakeComfy() as fake:
         assert run(fake, tmp_path, "--prompt", "f l", faces=faces) == 0, capsys.readouterr().err
     assert len(fake.uploads) == 3
-    sizes = {Image.open(__import__("io").BytesIO(d)).size for d in fake.uploads.values()}
+    sizes = {Image.open(io.BytesIO(d)).size for d in fake.uploads.values()}
     assert sizes == {(100, 80)}  # one canvas, nothing scaled or cropped
     p = fake.prompts[0]
     (first,) = [k for k, n in p.items() if n["class_type"] == "LoadImage" and n["inputs"]["image"].endswith("-a.png")]
@@ -169,7 +170,6 @@ def test_several_photos_of_one_person_are_letterboxed_and_batched(tmp_path, caps
 def multi_reference_workflow(tmp_path) -> str:
     """The test workflow as an API prompt with three face LoadImage nodes batched into the encoder,
     the shape of workflows/face2diffusion_multi_reference.json."""
-    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["20"] = {"class_type": "LoadImage", "inputs": {"image": "face2.jpg"}}
     api["21"] = {"class_type": "LoadImage", "inputs": {"image": "face3.jpg"}}
@@ -200,7 +200,6 @@ def test_a_workflow_with_one_loader_per_photo_needs_that_many_photos(tmp_path, c
 
 
 def test_a_workflow_with_two_face_encoders_is_refused(tmp_path, capsys):
-    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["30"] = json.loads(json.dumps(api["4"]))
     (tmp_path / "two.json").write_text(json.dumps(api))
@@ -209,13 +208,18 @@ def test_a_workflow_with_two_face_encoders_is_refused(tmp_path, capsys):
     assert "exactly one F2DEncodeFace node; this one has 2" in capsys.readouterr().err
 
 
-def test_ctrl_c_interrupts_the_prompt_on_the_server(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_takes_the_prompt_off_the_server_and_saves_nothing(tmp_path, capsys, monkeypatch):
+    queued = []
+
     def wait(self, prompt_id, **kw):
+        queued.append(prompt_id)
         raise KeyboardInterrupt
     monkeypatch.setattr(ComfyClient, "wait", wait)
     with FakeComfy() as fake:
         assert run(fake, tmp_path, "--prompt", "f l") == 130
-    assert fake.interrupts == 1 and "interrupted" in capsys.readouterr().err
+    assert "interrupted" in capsys.readouterr().err
+    assert fake.deleted == queued and fake.interrupts == [{"prompt_id": queued[0]}]  # that prompt only
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_unreadable_face_fails_before_contacting_any_server(tmp_path, capsys):
@@ -236,7 +240,6 @@ def test_a_prompt_without_the_trigger_fails_before_any_server_is_contacted(tmp_p
 
 
 def test_the_trigger_checked_is_the_one_the_workflow_sets(tmp_path, capsys):
-    from f2d_core.client.workflow import load_workflow, to_api
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["5"]["inputs"]["trigger"] = "sks"
     (tmp_path / "sks.json").write_text(json.dumps(api))
@@ -302,19 +305,19 @@ def test_a_broken_websocket_is_closed_before_falling_back_to_polling():
         ws = client.ws
         entry = client.wait(client.queue_prompt(SAVE_ONLY), timeout=10)
     assert entry["status"]["completed"] and client.ws is None
-    assert ws.closed and ws.sock.fileno() == -1  # the socket was closed, not dropped open
+    assert ws.sock is None and not ws.connected  # the socket was closed, not dropped open
 
 
 def test_the_fake_server_ends_every_thread_it_started():
     before = set(threading.enumerate())
     with FakeComfy(run_delay=30) as fake:
-        ws = WebSocket.connect(fake.url.replace("http", "ws") + "/ws?clientId=t")  # left open by its client
+        ws = websocket.create_connection(fake.url.replace("http", "ws") + "/ws?clientId=t")  # left open
         ComfyClient(fake.url).queue_prompt(SAVE_ONLY)  # still "running" at exit
     deadline = time.monotonic() + 5
     while set(threading.enumerate()) - before and time.monotonic() < deadline:
         time.sleep(0.02)
     left = set(threading.enumerate()) - before
-    ws.sock.close()
+    ws.shutdown()
     assert not left, left
 
 
@@ -411,47 +414,175 @@ def test_cpu_flag_is_only_passed_when_asked(tmp_path, monkeypatch):
 
 
 # -- pieces ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n", [0, 5, 125, 126, 65535, 65536])
-def test_websocket_frames_round_trip_at_every_length_encoding(n):
-    payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
-    for masked in (True, False):
-        frame = build_frame(BINARY, payload, masked=masked)
-        fin, opcode, data, was_masked, size = parse_frame(frame + b"next")
-        assert (fin, opcode, data, was_masked, size) == (True, BINARY, payload, masked, len(frame))
-        assert parse_frame(frame[:-1]) is None or n == 0  # incomplete: wait for more bytes
-    assert mask(mask(b"hello", b"abcd"), b"abcd") == b"hello"
-    assert build_frame(TEXT, b"x", masked=True)[1] & 0x80  # client frames carry the mask bit
-
-
 def test_prompt_rejection_without_node_errors_shows_the_details():
     e = PromptRejected({"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.",
                                   "details": "Node ID '#3'"}, "node_errors": {}})
     assert str(e) == "ComfyUI rejected the workflow: Cannot execute because node X does not exist.\n  Node ID '#3'"
 
 
-def test_websocket_client_reassembles_answers_pings_and_skips_nothing():
-    ours, theirs = socket.socketpair()
-    ws = WebSocket(ours)
-    theirs.sendall(server_frame(TEXT, b'{"type": "sta', fin=False) + server_frame(PING, b"p1")
-                   + server_frame(0, b'tus"}') + server_frame(BINARY, b"\x00\x01"))
-    assert ws.recv(timeout=1) == '{"type": "status"}'  # a ping between fragments is answered, not returned
-    assert ws.recv(timeout=1) == b"\x00\x01"
-    opcode, payload, masked, _ = client_frame(theirs.recv(100))
-    assert (opcode, payload, masked) == (PONG, b"p1", True)
-    frame = server_frame(TEXT, b"x" * 300)
-    theirs.sendall(frame[:150])
-    with pytest.raises(TimeoutError):
-        ws.recv(timeout=0.05)
-    theirs.sendall(frame[150:])  # the half frame was kept
-    assert ws.recv(timeout=1) == "x" * 300
-    theirs.sendall(server_frame(CLOSE, b"\x03\xe8bye"))
-    assert ws.recv(timeout=1) is None and ws.closed
-    assert client_frame(theirs.recv(100))[:2] == (CLOSE, b"\x03\xe8")
+# -- no fake results: a rejected or wrong job is an error, and nothing of it is saved ----------------
+def api_workflow(tmp_path, edit) -> str:
+    """The test workflow as an API prompt (1 checkpoint ... 7 EmptyLatentImage, 8 KSampler,
+    10 SaveImage), changed by edit(api), as a file."""
+    api = to_api(load_workflow(WORKFLOW), fake_object_info())
+    edit(api)
+    (tmp_path / "api.json").write_text(json.dumps(api))
+    return str(tmp_path / "api.json")
 
 
-def test_websocket_client_refuses_masked_server_frames():
-    ours, theirs = socket.socketpair()
-    ws = WebSocket(ours)
-    theirs.sendall(build_frame(TEXT, b"masked by a server", masked=True))
-    with pytest.raises(WebSocketError, match="masked"):
-        ws.recv(timeout=1)
+def with_preview(api):
+    """A PreviewImage of the face photo, as the pack's workflows preview the aligned face."""
+    api["20"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}, "_meta": {"title": "What was encoded"}}
+
+
+def nothing_saved(tmp_path):
+    out = tmp_path / "out"
+    return not out.exists() or not [p.name for p in out.iterdir() if p.name != "comfyui.log"]
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--steps", "0"], "error: --steps 0: the sampler needs at least 1 step (ComfyUI's KSampler minimum). "
+                       "Pass --steps 1 or more (e.g. 20), or leave it out to use the workflow's."),
+    (["--steps", "-1"], "error: --steps -1: the sampler needs at least 1 step"),
+    (["--seed", "-1"], "error: --seed -1: seeds run from 0 to 18446744073709551615 (ComfyUI's KSampler range), "
+                       "and --seed -1 with --seeds 1 goes outside it. Pass --seed 0 or more."),
+    (["--seed", str(2**64 - 1), "--seeds", "2"], "goes outside it"),
+    (["--width", "100"], "error: --width 100: must be a multiple of 8 from 16 to 16384 (Stable Diffusion works on "
+                         "8x8-pixel blocks; ComfyUI's EmptyLatentImage range), e.g. 512."),
+    (["--height", "8"], "error: --height 8: must be a multiple of 8 from 16 to 16384"),
+    (["--seeds", "0"], "error: --seeds must be 1 or more (got 0)."),
+], ids=["steps-0", "steps-negative", "seed-negative", "seed-too-large", "width-not-8", "height-too-small",
+        "seeds-0"])
+def test_impossible_numbers_are_refused_before_any_server_is_contacted(tmp_path, capsys, option, message):
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", *option)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err
+    assert not fake.prompts and not fake.uploads and nothing_saved(tmp_path)
+
+
+def test_a_prompt_comfyui_rejects_is_its_message_per_node_and_nothing_is_saved(tmp_path, capsys):
+    workflow = api_workflow(tmp_path, lambda api: api["8"]["inputs"].update(steps=0))  # past the local check
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", workflow)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("error: ComfyUI rejected the workflow: Prompt outputs failed validation\n"
+            "  node 8 (KSampler): Value 0 smaller than min of 1: steps\n") in err
+    assert not fake.images and nothing_saved(tmp_path)
+
+
+def test_node_errors_on_http_200_are_a_rejection_the_rest_is_taken_off_the_queue(tmp_path, capsys):
+    # a server that runs every valid output (ComfyUI before partial_execution_targets) answers 200
+    # with node_errors for the sampler and would still run the preview branch
+    def edit(api):
+        with_preview(api)
+        api["8"]["inputs"]["steps"] = 0
+    with FakeComfy(ignores_targets=True, run_delay=0.5) as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", api_workflow(tmp_path, edit))
+        time.sleep(0.7)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("error: ComfyUI rejected part of the workflow (it would have run only the rest, so it was taken off "
+            "the queue and nothing was saved)\n  node 8 (KSampler): Value 0 smaller than min of 1: steps\n") in err
+    (pid,) = fake.deleted
+    assert fake.interrupts == [{"prompt_id": pid}]
+    assert not fake.images and fake.history[pid]["status"]["status_str"] == "error"  # the preview never ran
+    assert nothing_saved(tmp_path)
+
+
+def test_only_the_final_save_image_is_taken_never_a_preview(tmp_path, capsys):
+    with FakeComfy(ignores_targets=True) as fake:  # the preview runs too: its image must not be taken
+        rc = run(fake, tmp_path, "--prompt", "f l", "--seed", "5",
+                 "--workflow", api_workflow(tmp_path, with_preview))
+        assert rc == 0, capsys.readouterr().err
+        temp = [n for n in fake.images if "temp" in n]
+    assert temp  # a preview image was made ...
+    saved = Image.open(tmp_path / "out" / "alice_00_5.png")
+    assert saved.size == (512, 512) and saved.getpixel((0, 0)) == (5, 7, 7)  # ... but SaveImage's was saved
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_without_save_image_the_runner_refuses_to_take_another_output(tmp_path, capsys):
+    def edit(api):
+        with_preview(api)
+        del api["10"]
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", api_workflow(tmp_path, edit))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("error: the workflow has no SaveImage node, so it has no final image to take (preview images are never "
+            "taken as results). Add a SaveImage node at its end, or name the node whose images are the result with "
+            "--output-node ID (its output nodes: 20 (PreviewImage 'What was encoded')).") in err
+    assert not fake.prompts and not fake.uploads
+
+
+def test_two_save_images_need_the_output_node_named(tmp_path, capsys):
+    def edit(api):
+        api["21"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "b"},
+                     "_meta": {"title": "Second save"}}
+    workflow = api_workflow(tmp_path, edit)
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l", "--workflow", workflow) == 2
+        assert ("the workflow has 2 SaveImage nodes (10 (SaveImage 'Save Image'), 21 (SaveImage 'Second save')); "
+                "name the one whose images are the result with --output-node ID.") in capsys.readouterr().err
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", workflow, "--output-node", "Second save")
+        assert rc == 0, capsys.readouterr().err
+    assert fake.targets == [["21"]]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("99", "error: --output-node 99: the workflow has no node with that id or title. Its output nodes: "
+           "10 (SaveImage 'Save Image')."),
+    ("9", "error: --output-node 9: node 9 (VAEDecode 'VAE Decode') is not an output node, so it saves no image. "
+          "Its output nodes: 10 (SaveImage 'Save Image')."),
+])
+def test_an_output_node_that_is_not_one_is_named(tmp_path, capsys, name, message):
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l", "--output-node", name) == 2
+    assert message in capsys.readouterr().err and not fake.prompts
+
+
+def test_an_image_of_another_size_than_asked_is_an_error_and_nothing_is_saved(tmp_path, capsys):
+    # the user named the preview: it runs, but its 112x112 face crop is not a 256x256 generated image
+    with FakeComfy() as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l", "--width", "256", "--height", "256",
+                 "--workflow", api_workflow(tmp_path, with_preview), "--output-node", "20")
+    err = capsys.readouterr().err
+    assert rc == 2 and fake.targets == [["20"]]
+    assert (f"error: node 20 (PreviewImage) gave a {PREVIEW_SIZE[0]}x{PREVIEW_SIZE[1]} image (ComfyUI_temp_00000_.png), "
+            "but the job asks for 256x256 (the size of the workflow's EmptyLatentImage, after --width/--height): it "
+            "is not the generated image. Nothing was saved.") in err
+    assert nothing_saved(tmp_path)
+
+
+def test_an_unreadable_result_is_an_error_and_nothing_is_saved(tmp_path, capsys):
+    with FakeComfy(image=lambda prompt, seed: b"not a png") as fake:
+        rc = run(fake, tmp_path, "--prompt", "f l")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error: ComfyUI's image ComfyUI_00000_.png from node 10 (SaveImage) is not a readable image" in err
+    assert "Nothing was saved." in err and nothing_saved(tmp_path)
+
+
+def test_a_failed_job_after_good_ones_leaves_only_the_good_ones_in_the_manifest(tmp_path, capsys):
+    with FakeComfy() as fake:
+        good = fake.image
+        fake.image = lambda prompt, seed: good(prompt, seed) if seed == 0 else tiny_png(seed, (8, 8))
+        assert run(fake, tmp_path, "--prompt", "f l", "--seeds", "2") == 2
+    assert "node 10 (SaveImage) gave a 8x8 image" in capsys.readouterr().err
+    manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [m["file"] for m in manifest] == ["alice_00_0.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["alice_00_0.png"]
+
+
+def test_without_the_tools_requirements_the_runner_says_what_to_install(tmp_path):
+    import subprocess
+    code = ("import sys; sys.modules['websocket'] = None\n"  # as if websocket-client were not installed
+            "from f2d_core.__main__ import main\nsys.exit(main(['run', '--server', 'http://127.0.0.1:9', "
+            "'--face', 'x.png', '--prompt', 'f l']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == ("error: websocket-client is not installed, and `run` needs it. Install the "
+                        "tools' requirements: pip install -r requirements-tools.txt (scripts/f2d.sh does this).\n")

@@ -1,21 +1,23 @@
-"""A small stdlib client for a ComfyUI server: object_info, uploads, prompts, progress, results.
+"""A client for a ComfyUI server, the way ComfyUI's own script_examples/websockets_api_example.py
+talks to it: `requests` for HTTP (object_info, uploads, prompts, history, images), the
+`websocket-client` library for the /ws progress feed.
 
-Progress and completion come over the /ws websocket; if it cannot be opened or breaks, the
-client polls /history/<prompt_id> instead. While listening it also checks /history whenever the
-socket is quiet, so a message lost before the socket opened cannot hang the run.
+If the websocket cannot be opened or breaks, the client polls /history/<prompt_id> instead.
+While listening it also checks /history whenever the socket is quiet, so a message lost before
+the socket opened cannot hang the run.
 """
 from __future__ import annotations
 
-import http.client
 import json
+import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
+from urllib.parse import quote, urlsplit
+
+import requests
+import websocket
 
 from ..errors import F2DError
-from .websocket import WebSocket, WebSocketError
 
 
 class ComfyError(F2DError):
@@ -23,12 +25,18 @@ class ComfyError(F2DError):
 
 
 class PromptRejected(ComfyError):
-    """POST /prompt answered 400: the workflow failed ComfyUI's validation."""
+    """ComfyUI's validation refused the workflow, or part of it: POST /prompt answered 400, or 200
+    with node_errors (it queued only the outputs that passed, which is not the job asked for)."""
 
-    def __init__(self, answer: dict):
+    def __init__(self, answer: dict, queued: bool = False):
         self.answer = answer
         err, node_errors = answer.get("error") or {}, answer.get("node_errors") or {}
-        lines = [f"ComfyUI rejected the workflow: {_short(err.get('message', 'invalid prompt'))}"]
+        if queued:
+            head = ("ComfyUI rejected part of the workflow (it would have run only the rest, so it was taken "
+                    "off the queue and nothing was saved)")
+        else:
+            head = f"ComfyUI rejected the workflow: {_short(err.get('message', 'invalid prompt'))}"
+        lines = [head]
         for nid, ne in node_errors.items():
             for e in ne.get("errors", []):
                 lines.append(f"  node {nid} ({ne.get('class_type', '?')}): {e.get('message', '')}: "
@@ -54,45 +62,47 @@ def _short(text, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def _multipart(fields: dict, file_field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
-                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-                 + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+# what matters in a requests error, inside its chain of wrappers
+_REASONS = (r"\[Errno -?\d+\][^'\")]*", r"IncompleteRead\(\d+ bytes read, \d+ more expected\)",
+            r"Remote end closed connection without response")
+
+
+def _reason(e: Exception) -> str:
+    """The words that say what happened ("[Errno 111] Connection refused"), not the wrapper chain."""
+    for pattern in _REASONS:
+        found = re.search(pattern, str(e))
+        if found:
+            return found.group(0).strip()
+    return _short(e, 160)
 
 
 class ComfyClient:
     def __init__(self, url: str, timeout: float = 60.0):
-        u = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        u = urlsplit(url if "://" in url else "http://" + url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ComfyError(f"{url!r} is not a ComfyUI server address; expected e.g. http://127.0.0.1:8188")
         self.url = f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}"
         self.timeout = timeout
         self.client_id = uuid.uuid4().hex
-        self.ws: WebSocket | None = None
+        self.session = requests.Session()
+        self.ws: websocket.WebSocket | None = None
+        self.running: str | None = None  # the prompt this client queued and has not seen finish
         self._object_info = None
 
     # -- HTTP -------------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-                timeout: float | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + path, data=body, method=method)
-        if content_type:
-            req.add_header("Content-Type", content_type)
+    def request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> requests.Response:
+        """One HTTP request (kwargs as for requests: json=, params=, files=, data=); a ComfyError
+        when nothing answers or the answer breaks off."""
         try:
-            try:
-                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                    return r.status, r.read()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read()
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ComfyError(f"cannot reach ComfyUI at {self.url} ({reason}). Is it running, "
+            return self.session.request(method, self.url + path, timeout=timeout or self.timeout, **kwargs)
+        except requests.Timeout:
+            raise ComfyError(f"ComfyUI at {self.url} did not answer {method} {path} within "
+                             f"{timeout or self.timeout:.0f} s. Is it running, and is this its address?") from None
+        except requests.ConnectionError as e:
+            raise ComfyError(f"cannot reach ComfyUI at {self.url} ({_reason(e)}). Is it running, "
                              "and is this its address?") from None
-        except http.client.HTTPException as e:  # IncompleteRead, BadStatusLine, ...: a broken answer
-            raise ComfyError(f"{self.url}{path} broke off its answer to {method} ({type(e).__name__}: {e}). "
+        except requests.RequestException as e:  # IncompleteRead and the like: a broken answer
+            raise ComfyError(f"{self.url}{path} broke off its answer to {method} ({_reason(e)}). "
                              "Is this ComfyUI's address, and is it still running?") from None
 
     def _json(self, path: str, body: bytes):
@@ -103,11 +113,10 @@ class ComfyClient:
                              f"address? (the answer began {_short(body.decode(errors='replace'), 80)!r})") from None
 
     def get_json(self, path: str, timeout: float | None = None):
-        status, body = self.request("GET", path, timeout=timeout)
-        if status != 200:
-            raise ComfyError(f"ComfyUI at {self.url} answered {status} to GET {path}: "
-                             f"{_short(body.decode(errors='replace'))}")
-        return self._json(path, body)
+        r = self.request("GET", path, timeout=timeout)
+        if r.status_code != 200:
+            raise ComfyError(f"ComfyUI at {self.url} answered {r.status_code} to GET {path}: {_short(r.text)}")
+        return self._json(path, r.content)
 
     def wait_ready(self, timeout: float = 60.0, alive=None) -> dict:
         """Poll GET /object_info until it answers; `alive()` may raise to stop early (a dead process)."""
@@ -132,63 +141,85 @@ class ComfyClient:
     def upload_image(self, data: bytes, filename: str, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload into ComfyUI's input folder; returns the value for LoadImage's `image`."""
         fields = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
-        body, ctype = _multipart(fields, "image", filename, data)
-        status, answer = self.request("POST", "/upload/image", body, ctype)
-        if status != 200:
-            raise ComfyError(f"ComfyUI refused the upload of {filename} ({status}): "
-                             f"{_short(answer.decode(errors='replace'))}")
-        info = self._json("/upload/image", answer)
+        r = self.request("POST", "/upload/image", data=fields,
+                         files={"image": (filename, data, "application/octet-stream")})
+        if r.status_code != 200:
+            raise ComfyError(f"ComfyUI refused the upload of {filename} ({r.status_code}): {_short(r.text)}")
+        info = self._json("/upload/image", r.content)
         if not isinstance(info, dict) or not info.get("name"):
             raise ComfyError(f"{self.url}/upload/image answered {_short(info, 80)!r} to the upload of {filename}, "
                              "not ComfyUI's {\"name\": ...}: is this ComfyUI's address?")
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
-    def queue_prompt(self, prompt: dict) -> str:
-        body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
-        status, answer = self.request("POST", "/prompt", body, "application/json")
+    def queue_prompt(self, prompt: dict, targets: list[str] | None = None) -> str:
+        """Queue the prompt; with `targets` (output node ids) ComfyUI validates and runs only the
+        branches those outputs need. Any node error, on 400 or on 200, is a PromptRejected."""
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if targets:
+            body["partial_execution_targets"] = list(targets)
+        r = self.request("POST", "/prompt", json=body)
         try:
-            data = json.loads(answer)
-        except json.JSONDecodeError:
-            data = {"error": {"message": answer.decode(errors="replace")}}
-        if status == 400:
+            data = json.loads(r.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = {"error": {"message": r.text}}
+        if r.status_code == 400:
             raise PromptRejected(data)
-        if status != 200 or "prompt_id" not in data:
-            raise ComfyError(f"ComfyUI answered {status} to POST /prompt: {_short(data)}")
+        if r.status_code != 200 or not isinstance(data, dict) or "prompt_id" not in data:
+            raise ComfyError(f"ComfyUI answered {r.status_code} to POST /prompt: {_short(data)}")
+        if data.get("node_errors"):
+            # ComfyUI queues the outputs that passed and drops the rest: that is not what was asked for
+            self.cancel(data["prompt_id"])
+            raise PromptRejected(data, queued=True)
+        self.running = data["prompt_id"]
         return data["prompt_id"]
 
     def history(self, prompt_id: str) -> dict | None:
-        return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
+        return self.get_json(f"/history/{quote(prompt_id, safe='')}").get(prompt_id)
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
-        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
-        status, body = self.request("GET", f"/view?{q}")
-        if status != 200:
-            raise ComfyError(f"ComfyUI answered {status} for image {filename} ({type}/{subfolder})")
-        return body
+        r = self.request("GET", "/view", params={"filename": filename, "subfolder": subfolder, "type": type})
+        if r.status_code != 200:
+            raise ComfyError(f"ComfyUI answered {r.status_code} for image {filename} ({type}/{subfolder})")
+        return r.content
 
-    def interrupt(self) -> None:
-        """Ask the server to stop the running prompt (best effort)."""
-        try:
-            self.request("POST", "/interrupt", b"{}", "application/json", timeout=5)
-        except ComfyError:
-            pass
+    def cancel(self, prompt_id: str | None = None) -> None:
+        """Take the prompt (default: the one this client is waiting for) off the server's queue, or
+        stop it if it is running (best effort). Safe to call from another thread."""
+        prompt_id = prompt_id or self.running
+        if prompt_id is None:
+            return
+        # plain requests, not the session: the thread waiting on the prompt may be using that
+        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+            try:
+                requests.post(self.url + path, json=body, timeout=5)
+            except requests.RequestException:
+                pass
 
     # -- progress and completion --------------------------------------------------------------
     def open_ws(self) -> bool:
         """Connect the progress websocket (call before queueing); False if it is unavailable."""
-        u = urllib.parse.urlsplit(self.url)
+        u = urlsplit(self.url)
         scheme = "wss" if u.scheme == "https" else "ws"
         try:
-            self.ws = WebSocket.connect(f"{scheme}://{u.netloc}{u.path}/ws?clientId={self.client_id}", timeout=10)
+            self.ws = websocket.create_connection(f"{scheme}://{u.netloc}{u.path}/ws?clientId={self.client_id}",
+                                                  timeout=10)
             return True
-        except WebSocketError:
+        except (websocket.WebSocketException, OSError):
             self.ws = None
             return False
 
+    def _drop_ws(self) -> None:
+        if self.ws is not None:
+            self.ws.shutdown()  # a broken socket is closed, not left open
+            self.ws = None
+
     def close(self) -> None:
         if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+            try:
+                self.ws.close(timeout=2)
+            finally:
+                self.ws = None
+        self.session.close()
 
     def wait(self, prompt_id: str, on_event=None, poll: float = 0.25, timeout: float | None = None) -> dict:
         """Block until the prompt finished; returns its /history entry. `on_event(type, data)` gets the
@@ -199,11 +230,11 @@ class ComfyClient:
                 try:
                     if self._listen(prompt_id, on_event, quiet=poll * 4, deadline=deadline):
                         break  # finished: the history entry is written right after
-                except WebSocketError:
-                    self.ws.close(wait=False)  # a broken socket is closed, not dropped open
-                    self.ws = None  # fall back to polling from here on
+                except (websocket.WebSocketException, OSError):
+                    self._drop_ws()  # fall back to polling from here on
             entry = self.history(prompt_id)
             if entry and self._finished(entry):
+                self.running = None
                 return entry
             if deadline is not None and time.monotonic() > deadline:
                 raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
@@ -212,6 +243,7 @@ class ComfyClient:
         for _ in range(600):  # execution_success comes a moment before the history entry
             entry = self.history(prompt_id)
             if entry and self._finished(entry):
+                self.running = None
                 return entry
             time.sleep(0.05)
         raise ComfyError(f"ComfyUI reported prompt {prompt_id} done but /history has no entry for it")
@@ -223,16 +255,17 @@ class ComfyClient:
             left = quiet if deadline is None else min(quiet, deadline - time.monotonic())
             if left <= 0:
                 return False
+            self.ws.settimeout(left)
             try:
-                msg = self.ws.recv(timeout=left)
-            except TimeoutError:
+                opcode, payload = self.ws.recv_data()
+            except websocket.WebSocketTimeoutException:
                 return False
-            if msg is None:
-                raise WebSocketError("websocket closed")
-            if not isinstance(msg, str):
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise websocket.WebSocketConnectionClosedException("the server closed the websocket")
+            if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # binary preview images
             try:
-                m = json.loads(msg)
+                m = json.loads(payload)
                 kind, data = m["type"], m.get("data") or {}
             except (ValueError, KeyError, TypeError):
                 continue
@@ -257,12 +290,3 @@ class ComfyClient:
             if kind == "execution_interrupted":
                 raise ComfyError(f"the prompt was interrupted in node {data.get('node_id')} ({data.get('node_type')})")
         return bool(status.get("completed")) or status.get("status_str") in ("success", "error") or not status
-
-
-def output_images(entry: dict, prefer: str = "output") -> list[dict]:
-    """The images of a history entry ({filename, subfolder, type}), saved ones (type output) first
-    choice; previews only when nothing was saved."""
-    images = [img for out in (entry.get("outputs") or {}).values() for img in out.get("images") or []]
-    saved = [i for i in images if i.get("type") == prefer]
-    return saved or images
-

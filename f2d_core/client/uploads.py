@@ -11,6 +11,8 @@ import hashlib
 import io
 import os
 
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from ..errors import F2DError
 from .workflow import WorkflowError, find_nodes, is_link
 
@@ -18,7 +20,6 @@ FACE_ENCODER = "F2DEncodeFace"
 
 
 def _open(path: str):
-    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -43,7 +44,6 @@ def _name(path: str, data: bytes, ext: str) -> str:
 
 def face_uploads(paths: list[str]) -> list[tuple[str, bytes]]:
     """[(upload file name, bytes)] for the photos, letterboxed to one size when they differ."""
-    from PIL import Image
     opened = [(p, *_open(p)) for p in paths]
     sizes = {im.size for _, _, im in opened}
     if len(sizes) == 1:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,9 +18,8 @@ from ..client.workflow import load_workflow
 from . import report
 from .dispatch import Dispatcher
 from ..weights.files import file_sha256
-from .jobs import (PAPER_PROMPTS, check_settings, find_faces, make_jobs, pending, read_prompts,
-                   settings_record)
-from .progress import progress_bar
+from .jobs import (MANIFEST, PAPER_PROMPTS, check_settings, find_faces, made_record, make_jobs, pending,
+                   read_prompts, settings_record)
 from .scoring import NEUTRAL_TEXT, SUBJECT, Scorer
 
 PROG = "python -m f2d_core.evaluate"
@@ -101,39 +99,43 @@ def _check_scoring_models(args) -> None:
 
 
 def generate(args, workflow: dict, todo: list, total: int) -> None:
-    settings = SimpleNamespace(steps=args.steps, width=args.width, height=args.height, checkpoint=args.checkpoint)
+    settings = SimpleNamespace(steps=args.steps, width=args.width, height=args.height, checkpoint=args.checkpoint,
+                               output_node=args.output_node)
 
     def prepare(client, job):
         return runner.prepare(client, SimpleNamespace(face=list(job.face.photos), **vars(settings)), workflow,
                               os.path.join("ComfyUI", "models"))
 
-    def render(client, api, job):
+    def render(client, plan, job):
         t0 = time.monotonic()
         folder = os.path.dirname(job.path(args.out))
         os.makedirs(folder, exist_ok=True)
         # saved as job.path() whatever format the workflow saves in: resuming and scoring look there
-        prompt_id, _ = runner.render(client, api, job.prompt, job.seed, folder, job.stem, timeout=args.timeout,
-                                     ext=os.path.splitext(job.path(args.out))[1])
+        prompt_id, files = runner.render(client, plan, job.prompt, job.seed, folder, job.stem, timeout=args.timeout,
+                                         ext=os.path.splitext(job.path(args.out))[1])
+        if files != [job.path(args.out)]:
+            for f in files:  # a failed job leaves nothing behind
+                os.remove(f)
+            raise runner.OutputError(f"{job.stem}: the workflow's final output gave {len(files)} images; the "
+                                     "evaluation scores one image per job, so its batch size must be 1.")
         return {"prompt_id": prompt_id, "seconds": round(time.monotonic() - t0, 2)}
 
-    bar = progress_bar(len(todo), "generating")
+    bar = runner.progress_bar(len(todo), "generating")
     bar.write(f"{total - len(todo)} of {total} image(s) already made; making {len(todo)} on "
               f"{len(set(args.server))} server(s)", file=sys.stderr)
-    with open(os.path.join(args.out, "manifest.jsonl"), "a", encoding="utf-8") as manifest:
-        def done(job, url, info):
-            manifest.write(json.dumps({"file": os.path.relpath(job.path(args.out), args.out), "face": job.face.label,
-                                       "prompt_index": job.prompt_index, "prompt": job.prompt, "seed": job.seed,
-                                       "server": url, **info}) + "\n")
-            manifest.flush()
-            bar.set_postfix_str(url)
-            bar.update(1)
 
-        def down(url, reason):
-            bar.write(f"server {url} dropped, its image goes to the others: {reason}", file=sys.stderr)
-        try:
-            counts = Dispatcher(args.server, prepare, render).run(todo, on_done=done, on_down=down)
-        finally:
-            bar.close()
+    def done(job, url, info):  # only jobs whose image was checked and saved get here
+        runner.append_manifest(os.path.join(args.out, MANIFEST),
+                               [{**made_record(job, args.out, job.path(args.out)), "server": url, **info}])
+        bar.set_postfix_str(url)
+        bar.update(1)
+
+    def down(url, reason):
+        bar.write(f"server {url} dropped, its image goes to the others: {reason}", file=sys.stderr)
+    try:
+        counts = Dispatcher(args.server, prepare, render).run(todo, on_done=done, on_down=down)
+    finally:
+        bar.close()
     print("made " + ", ".join(f"{n} on {u}" for u, n in counts.items()), file=sys.stderr)
 
 
@@ -150,7 +152,7 @@ def score_and_report(args, faces, jobs, prompts, seeds, generation) -> dict:
     siglip = SiglipEmbedder(args.siglip, device=device) if args.siglip else None
     scorer = Scorer(identity, clip, siglip, missing, subject=args.subject, neutral_text=args.neutral_text)
     n = sum(not j.is_reference for j in jobs)
-    bar = progress_bar(n, "scoring")
+    bar = runner.progress_bar(n, "scoring")
     try:
         rows = scorer.score(jobs, args.out, progress=bar.update)
     finally:
@@ -175,8 +177,7 @@ def score_and_report(args, faces, jobs, prompts, seeds, generation) -> dict:
 
 
 def run(args) -> int:
-    if args.seeds < 1:
-        raise F2DError(f"--seeds must be 1 or more (got {args.seeds}).")
+    runner.check_generation_args(args)
     faces = find_faces(args.faces)
     prompts = read_prompts(args.prompts, args.prompt)
     for face in faces:  # an unreadable photo fails now, by name, not as a failure of every server
@@ -185,7 +186,8 @@ def run(args) -> int:
     _check_scoring_models(args)
     workflow = load_workflow(args.workflow)
     generation = {"workflow": os.path.basename(args.workflow), "workflow_sha256": file_sha256(args.workflow),
-                  "checkpoint": args.checkpoint, "steps": args.steps, "width": args.width, "height": args.height}
+                  "checkpoint": args.checkpoint, "steps": args.steps, "width": args.width, "height": args.height,
+                  "output_node": args.output_node}
     jobs = make_jobs(faces, prompts, seeds)
     check_settings(args.out, settings_record(faces, prompts, generation))
     todo = pending(jobs, args.out)

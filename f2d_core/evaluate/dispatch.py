@@ -7,8 +7,9 @@ a shared queue, prepares the server once per face (the workflow converted with t
   timeout): the job goes back on the queue for the other servers and this server is dropped.
 - The server lacks a model file or a node type, or answers what ComfyUI would not: it is
   dropped before it takes any job.
-- The workflow itself fails (ComfyUI rejects the prompt, a node raises), or a local error
-  (a photo, the disk): the run stops, as the same would happen on every server.
+- The workflow itself fails (ComfyUI rejects the prompt or part of it, a node raises, the final
+  output is not the image asked for), or a local error (a photo, the disk): the run stops, as the
+  same would happen on every server.
 Every way a worker thread ends is an event for the main loop, so a run never waits on a thread
 that is gone.
 Finished images are files on disk, so stopping at any point loses only the images in flight.
@@ -32,7 +33,8 @@ class NoServerLeft(F2DError):
 
 
 class Dispatcher:
-    """prepare(client, job) -> api prompt for the job's face; render(client, api, job) -> info dict."""
+    """prepare(client, job) -> what render needs for the job's face (prepared once per face and
+    server); render(client, prepared, job) -> info dict."""
 
     def __init__(self, urls: list[str], prepare: Callable, render: Callable, max_attempts: int = 3,
                  client_factory: Callable[[str], ComfyClient] = ComfyClient):
@@ -81,7 +83,7 @@ class Dispatcher:
                     raise event[2]
         except BaseException:
             self._stop.set()
-            self._interrupt_busy()
+            self._cancel_busy()
             raise
         self._stop.set()
         return counts
@@ -95,11 +97,11 @@ class Dispatcher:
         return (f"{head}\n{left} image(s) were not made. The finished ones are kept: fix the server(s) and run "
                 "the same command again to make only what is missing.")
 
-    def _interrupt_busy(self) -> None:
+    def _cancel_busy(self) -> None:
         with self._lock:
             busy = [self.clients[u] for u in self.busy if u in self.clients]
         for client in busy:
-            client.interrupt()
+            client.cancel()
 
     def _worker(self, url, todo, events, attempts) -> None:
         try:
@@ -145,7 +147,7 @@ class Dispatcher:
                 except (PromptRejected, ExecutionFailed) as e:
                     return events.put(("fatal", url, e))
                 except ComfyError as e:
-                    client.interrupt()  # a server that only hung would otherwise go on with it
+                    client.cancel()  # a server that only hung would otherwise go on with it
                     if attempts[job] >= self.max_attempts:
                         return events.put(("fatal", url, F2DError(
                             f"{job.stem} failed on {attempts[job]} servers in a row (last: {url}: {e}); stopping.")))

@@ -3,9 +3,10 @@
 Faces: every image file directly in --faces DIR is one person; every subfolder with images is
 one person photographed several times (the photos are encoded together). Jobs: every face x
 prompt x seed, plus one reference image per face x seed ("a photo of f l", the image-side
-origin of the directional CLIP score). A job is done when its image file exists (images are
-written atomically), so a rerun only makes what is missing. settings.json records what the
-images were made with; a rerun with other settings into the same folder is refused.
+origin of the directional CLIP score). A job counts as done only when manifest.jsonl records it
+as made by a successful job (file name, size, SHA-256) and its file is still that readable image
+of that size, so a rerun makes what is missing or damaged and nothing else. settings.json records
+what the images were made with; a rerun with other settings into the same folder is refused.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import json
 import os
 from dataclasses import dataclass
 
+from PIL import Image, UnidentifiedImageError
+
 from ..errors import F2DError
 from ..weights.files import file_sha256
 from ..client import run as runner
 from ..client.run import face_label, read_prompt_file, trigger_pattern
 
+MANIFEST = "manifest.jsonl"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TRIGGER = "f l"
 REFERENCE_PROMPT = "a photo of f l"
@@ -104,8 +108,50 @@ def make_jobs(faces: list[Face], prompts: list[str], seeds: list[int], reference
     return jobs
 
 
+def made_record(job: Job, out_dir: str, path: str) -> dict:
+    """The manifest record of a job whose image was checked and saved at `path`."""
+    with Image.open(path) as im:
+        width, height = im.size
+    return {"file": os.path.relpath(path, out_dir), "face": job.face.label, "prompt_index": job.prompt_index,
+            "prompt": job.prompt, "seed": job.seed, "width": width, "height": height, "sha256": file_sha256(path)}
+
+
+def read_manifest(out_dir: str) -> dict[str, dict]:
+    """file (relative to out_dir) -> the last manifest record of a successful job that made it."""
+    records = {}
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:  # a line cut off when a run was killed
+                    continue
+                if isinstance(r, dict) and isinstance(r.get("file"), str):
+                    records[os.path.normpath(r["file"])] = r
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def is_made(job: Job, out_dir: str, record: dict | None) -> bool:
+    """The job's file is the readable image, of the recorded size, that a successful job recorded."""
+    if not record or not {"sha256", "width", "height"} <= set(record):
+        return False
+    path = job.path(out_dir)
+    try:
+        if file_sha256(path) != record["sha256"]:
+            return False
+        with Image.open(path) as im:
+            im.load()
+            return list(im.size) == [record["width"], record["height"]]
+    except (OSError, UnidentifiedImageError):  # missing, unreadable, truncated
+        return False
+
+
 def pending(jobs: list[Job], out_dir: str) -> list[Job]:
-    return [j for j in jobs if not os.path.isfile(j.path(out_dir))]
+    """The jobs whose image is not (or no longer) the one a successful job made."""
+    records = read_manifest(out_dir)
+    return [j for j in jobs if not is_made(j, out_dir, records.get(os.path.relpath(j.path(out_dir), out_dir)))]
 
 
 def settings_record(faces: list[Face], prompts: list[str], generation: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from f2d_core.client.comfy import ExecutionFailed, PromptRejected, output_images
+from f2d_core.client.comfy import ExecutionFailed, PromptRejected
 from f2d_core.client.server import guess_python, start_server
 from f2d_core.errors import ModelFilesMissing
 from f2d_core.client.uploads import face_uploads
@@ -92,7 +92,7 @@ def test_uploaded_photos_are_batched_and_saved_images_come_back(server, tmp_path
         entry = client.wait(client.queue_prompt(save_graph(names)), on_event=lambda k, d: events.append(k))
     finally:
         client.ws = ws
-    images = output_images(entry)
+    images = entry["outputs"]["2"]["images"]
     assert len(images) == 2  # ImageBatch made one batch of both photos
     png = client.view(images[0]["filename"], images[0]["subfolder"], images[0]["type"])
     assert Image.open(io.BytesIO(png)).size == (64, 72)
@@ -111,7 +111,7 @@ def test_a_node_error_comes_back_with_its_message(server, tmp_path):
 def painted_face(path, size):
     """A photo the synthetic test detector (tests.synthetic_onnx) sees one face in."""
     import numpy as np
-    from tests.synthetic_onnx import paint_face
+    from synthetic_onnx import paint_face
     image = np.zeros((size[1], size[0], 3), np.uint8)
     paint_face(image, 32, 8, 8, scale=640 / max(size))
     Image.fromarray(image).save(path)
@@ -167,6 +167,73 @@ def test_a_prompt_without_the_trigger_is_refused_before_it_is_queued_and_the_nod
     # queued anyway, past the runner's check: the node's own message comes back
     client = ComfyClient(comfy_server.url)
     args = SimpleNamespace(face=[face], steps=1, width=64, height=64, checkpoint=CHECKPOINT_NAME)
-    api = runner.prepare(client, args, load_workflow(REPO / "workflows" / "face2diffusion_basic.json"), "ComfyUI/models")
+    plan = runner.prepare(client, args, load_workflow(REPO / "workflows" / "face2diffusion_basic.json"),
+                          "ComfyUI/models")
     with pytest.raises(ExecutionFailed, match=r"\(F2DInjectFaceToken\).*'f l'"):
-        runner.render(client, api, "a chef", 0, str(tmp_path), "x", timeout=300)
+        runner.render(client, plan, "a chef", 0, str(tmp_path), "x", timeout=300)
+    assert not list(tmp_path.glob("x*"))
+
+
+# --- no fake results against the real server --------------------------------------------------
+
+def two_branches(name):
+    """LoadImage -> SaveImage (valid) beside LoadImage -> ImageScale(width 99999) -> SaveImage (invalid)."""
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "f2dgood"}},
+            "3": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                          "width": 99999, "height": 64, "crop": "disabled"}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "f2dbad"}}}
+
+
+def test_node_errors_on_http_200_from_the_real_server_are_a_rejection(server, tmp_path):
+    (name, data), = face_uploads([photo(tmp_path / "d.png", (16, 16))])
+    prompt = two_branches(server.client.upload_image(data, name))
+    with pytest.raises(PromptRejected, match=r"^ComfyUI rejected part of the workflow \(it would have run only the "
+                       r"rest, so it was taken off the queue and nothing was saved\)\n"
+                       r"  node 3 \(ImageScale\): Value 99999 bigger than max of 16384: width$"):
+        server.client.queue_prompt(prompt)  # ComfyUI answers 200 and queues node 2's branch
+
+
+def test_the_real_server_runs_only_the_branch_of_the_target_output(server, tmp_path):
+    (name, data), = face_uploads([photo(tmp_path / "e.png", (24, 16))])
+    client = server.client
+    entry = client.wait(client.queue_prompt(two_branches(client.upload_image(data, name)), targets=["2"]),
+                        timeout=120)
+    assert list(entry["outputs"]) == ["2"]  # node 4's invalid branch was neither validated nor run
+
+
+def basic_argv(server, tmp_path, face, *extra):
+    from .conftest import CHECKPOINT_NAME, REPO
+    return ["--server", server.url, "--workflow", str(REPO / "workflows" / "face2diffusion_basic.json"),
+            "--checkpoint", CHECKPOINT_NAME, "--width", "64", "--height", "64", "--out", str(tmp_path / "out"),
+            "--face", face, "--prompt", "a photo of f l", *extra]
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--steps", "0"], "error: --steps 0: the sampler needs at least 1 step"),
+    (["--steps", "-1"], "error: --steps -1: the sampler needs at least 1 step"),
+    (["--steps", "1", "--seed", "-1"], "error: --seed -1: seeds run from 0 to 18446744073709551615"),
+])
+def test_impossible_numbers_end_the_run_with_a_message_and_nothing_saved(comfy_server, tmp_path, capsys, option,
+                                                                         message):
+    from f2d_core.client.run import main
+    rc = main(basic_argv(comfy_server, tmp_path, painted_face(tmp_path / "me.png", (640, 640)), *option))
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_0_in_the_workflow_itself_is_comfyuis_rejection_and_nothing_is_saved(comfy_server, tmp_path, capsys):
+    from f2d_core.client.run import main
+    from f2d_core.client.workflow import load_workflow
+    from .conftest import REPO
+    api = to_api(load_workflow(REPO / "workflows" / "face2diffusion_basic.json"), comfy_server.object_info())
+    (ksampler,) = [k for k, n in api.items() if n["class_type"] == "KSampler"]
+    api[ksampler]["inputs"]["steps"] = 0
+    (tmp_path / "zero.json").write_text(json.dumps(api))
+    argv = basic_argv(comfy_server, tmp_path, painted_face(tmp_path / "me.png", (640, 640)))
+    argv[argv.index("--workflow") + 1] = str(tmp_path / "zero.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("error: ComfyUI rejected the workflow: Prompt outputs failed validation\n"
+            f"  node {ksampler} (KSampler): Value 0 smaller than min of 1: steps") in err
+    assert not list((tmp_path / "out").iterdir())
