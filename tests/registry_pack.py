@@ -22,7 +22,9 @@ SCANNER_RULES = {
                                  r"websockets)\b|^\s*(import|from)\s+socket\b"),
     "eval/exec": re.compile(r"(?<![\w.])(eval|exec)\s*\("),
     "__import__": re.compile(r"__import__"),
-    "pip at run time": re.compile(r"pip\.main\s*\(|\bensurepip\b|[\"']-m[\"']\s*,\s*[\"']pip[\"']|pip install"),
+    # pip invoked from code; a message telling the user what to `pip install` runs nothing
+    "pip at run time": re.compile(r"pip\.main\s*\(|\bensurepip\b|[\"']-m[\"']\s*,\s*[\"']pip[\"']"
+                                  r"|[\"']pip[\"']\s*,\s*[\"']install[\"']|\bpip\._internal\b"),
 }
 
 

@@ -61,5 +61,6 @@ def test_the_scanner_rules_catch_what_they_are_for(tmp_path):
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("x.py", "import subprocess\nimport urllib.request\nexec(code)\n__import__('os')\n"
-                           "import socket\nos.system('ls')\nimport requests\n")
-    assert len(flagged_lines(bad)) == 7
+                           "import socket\nos.system('ls')\nimport requests\nrun([sys.executable, '-m', 'pip', 'install', 'x'])\n"
+                           "# tell the user: pip install -r requirements.txt\n")
+    assert len(flagged_lines(bad)) == 8
