@@ -9,8 +9,8 @@ from registry_pack import REPO, comfy_cli, flagged_lines, pack
 pytestmark = pytest.mark.skipif(comfy_cli() is None, reason="comfy-cli is not installed (pip install comfy-cli; "
                                                              "requirements-test.txt has it)")
 
-SHIPPED_TOP = {"__init__.py", "nodes", "f2d_core", "workflows", "requirements.txt", "pyproject.toml", "README.md",
-               "LICENSE"}
+SHIPPED_TOP = {"__init__.py", "nodes", "f2d_core", "workflows", "requirements.txt", "requirements-dlib.txt",
+               "pyproject.toml", "README.md", "LICENSE"}
 TOOLS = ("f2d_core/client/", "f2d_core/evaluate/", "f2d_core/train/", "f2d_core/bench.py", "f2d_core/__main__.py",
          "tests/", "scripts/", "benchmarks/", ".ci/")
 
@@ -31,6 +31,7 @@ def test_the_archive_holds_only_the_nodes_the_engine_and_the_workflows(names):
     assert not [n for n in names if n.startswith(TOOLS)]
     assert "nodes/__init__.py" in names and "f2d_core/identity/encoder.py" in names
     assert any(n.startswith("workflows/") and n.endswith(".json") for n in names)
+    assert "requirements-dlib.txt" in names  # the README's install line for the dlib detector
 
 
 def test_no_shipped_line_matches_the_registry_scanners_rules(archive):
