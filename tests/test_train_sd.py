@@ -128,3 +128,12 @@ def test_gradients_flow_through_the_frozen_text_encoder_into_s_star(parts):
     cond.pow(2).mean().backward()
     assert s1.grad is not None and s1.grad.abs().sum() > 0 and s2.grad.abs().sum() > 0
     assert all(p.grad is None for p in parts.text_encoder.parameters())
+
+
+def test_frozen_parts_are_stored_in_the_precision_they_need():
+    """UNet and VAE in the 16-bit autocast dtype (cast before they move to the device), the text encoder
+    in fp32 (S* is written into its embeddings), nothing with gradients."""
+    frozen = tt.tiny_parts(seed=0).freeze("cpu", torch.bfloat16)
+    assert {p.dtype for m in (frozen.unet, frozen.vae) for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in frozen.text_encoder.parameters()} == {torch.float32}
+    assert not any(p.requires_grad for m in (frozen.unet, frozen.vae, frozen.text_encoder) for p in m.parameters())

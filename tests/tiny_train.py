@@ -9,13 +9,19 @@
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from f2d_core.train.__main__ import main as train_main
 from f2d_core.train.bench import TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (the benchmark's toy size)
 
 
@@ -253,3 +259,102 @@ class TinyExpression:
     def __call__(self, crops):
         with torch.no_grad():
             return self.proj(torch.nn.functional.adaptive_avg_pool2d(crops.float() / 255, 4).flatten(1))
+
+
+# ---- several ranks on this machine (tests of torchrun-style runs) --------------------------------
+
+class RankProcesses:
+    """`world` processes, each running `python -m f2d_core.train ARGV` as one rank with the
+    environment torchrun gives a worker (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE).
+    Test-only differences from torchrun, both so that nothing listens beyond this process
+    tree: the process group is joined through a file store (torchrun's TCP store listens on
+    every interface), and gloo talks over the loopback interface only. Each rank's
+    stdout/stderr go to files, and an audit hook (sys.addaudithook) lists every file the rank
+    creates, writes, renames or deletes inside `watch`."""
+
+    def __init__(self, world: int, argv: list, folder, watch=None, timeout_s: float = 60):
+        self.folder = str(folder)
+        os.makedirs(self.folder, exist_ok=True)
+        store = os.path.join(self.folder, "store")
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = ("import sys; sys.path[:0] = [%r, %r]; import tiny_train; tiny_train._rank_main()"
+                % (here, os.path.dirname(here)))
+        self.procs, self.logs = [], []
+        for rank in range(world):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                       LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+                       F2D_TEST_STORE=store, F2D_TEST_TIMEOUT=str(timeout_s),
+                       F2D_TEST_ARGV=json.dumps([str(a) for a in argv]),
+                       F2D_TEST_WATCH=str(watch or ""), F2D_TEST_AUDIT=self.path(rank, "writes"))
+            out, err = open(self.path(rank, "out"), "w"), open(self.path(rank, "err"), "w")
+            self.procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=err))
+            self.logs += [out, err]
+
+    def path(self, rank, what):
+        return os.path.join(self.folder, f"rank{rank}.{what}")
+
+    def wait(self, timeout_s: float) -> list:
+        """Exit codes; processes still running after `timeout_s` are killed and give None."""
+        deadline, codes = time.monotonic() + timeout_s, []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in self.logs:
+            f.close()
+        return codes
+
+    def text(self, rank, what="err") -> str:
+        with open(self.path(rank, what)) as f:
+            return f.read()
+
+    def writes(self, rank) -> list:
+        p = self.path(rank, "writes")
+        return open(p).read().split("\n")[:-1] if os.path.isfile(p) else []
+
+
+def _audit_writes(watch: str, record: str):
+    """Record every creation, write, rename or removal of a path inside `watch` (one line each)."""
+    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    watch = os.path.realpath(watch)
+    writing_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+                (isinstance(flags, int) and flags & writing_flags)
+            paths = [path] if writing else []
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir"):
+            paths = list(args[:2]) if event == "os.rename" else [args[0]]  # rename: source and target
+        else:
+            return
+        for path in paths:
+            if isinstance(path, (str, bytes, os.PathLike)):
+                full = os.path.realpath(os.fsdecode(path))
+                if full == watch or full.startswith(watch + os.sep):
+                    os.write(fd, f"{event} {os.path.relpath(full, watch)}\n".encode())
+
+    sys.addaudithook(hook)
+
+
+def _rank_main():
+    """One rank of RankProcesses: join the group through the file store, run the command line, exit
+    with its code."""
+    if os.environ["F2D_TEST_WATCH"]:
+        _audit_writes(os.environ["F2D_TEST_WATCH"], os.environ["F2D_TEST_AUDIT"])
+    dist.init_process_group("gloo", init_method="file://" + os.environ["F2D_TEST_STORE"],
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                            timeout=datetime.timedelta(seconds=float(os.environ["F2D_TEST_TIMEOUT"])))
+    try:
+        code = train_main(json.loads(os.environ["F2D_TEST_ARGV"]))
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip the interpreter's teardown of the loaded models (seconds, nothing to check)

@@ -1,4 +1,7 @@
-"""Command line: `python -m f2d_core.train {mapping,msid,msid-eval,bench-step} ...` (see README, "Training")."""
+"""Command line: `python -m f2d_core.train {mapping,msid,msid-eval,bench-step} ...` (see docs/training.md).
+
+mapping, msid and bench-step also run under `torchrun --nproc_per_node N -m f2d_core.train ...`
+(one process per GPU, DistributedDataParallel; distributed.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,17 +10,23 @@ import sys
 
 from ..cli import run_command
 
+from .distributed import DEFAULT_TIMEOUT_S, launch
+
 
 def _common(p, steps_default, batch_default, lr_default, workers_default):
     p.add_argument("--out", required=True, help="run folder: weights, last.pt (resume state), loss.csv/png")
     p.add_argument("--steps", type=int, default=steps_default, help=f"optimizer steps (default {steps_default})")
-    p.add_argument("--batch-size", type=int, default=batch_default, help=f"samples per step (default {batch_default})")
+    p.add_argument("--batch-size", type=int, default=batch_default,
+                   help=f"samples per step over all GPUs (default {batch_default}); torchrun splits it over the ranks")
     p.add_argument("--micro-batch-size", type=int, default=None,
-                   help="samples per forward pass; smaller than --batch-size = gradient accumulation (small GPUs)")
+                   help="samples per forward pass on each rank; smaller than its share of --batch-size = gradient "
+                        "accumulation (small GPUs)")
     p.add_argument("--lr", type=float, default=lr_default, help=f"learning rate (default {lr_default:g})")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:1, ... (under torchrun: auto/cuda = the GPU of each rank's LOCAL_RANK)")
+    _dist_timeout(p)
     p.add_argument("--workers", type=int, default=workers_default, help="data loader processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000, help="write weights and the resume state every N steps")
@@ -28,6 +37,12 @@ def _common(p, steps_default, batch_default, lr_default, workers_default):
     p.add_argument("--landmarks", default=None,
                    help='JSON {"relative/path.jpg": [[x, y], ... 5 or 68 points]} instead of detection')
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _dist_timeout(p):
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"under torchrun: seconds a rank waits for the others before the run fails "
+                        f"(default {DEFAULT_TIMEOUT_S})")
 
 
 def _parser():
@@ -97,6 +112,7 @@ def _parser():
     from .bench import add_arguments
     b = sub.add_parser("bench-step", help="time and memory of training steps with random weights")
     add_arguments(b)
+    _dist_timeout(b)
     b.set_defaults(fn=cmd_bench)
     return ap
 
@@ -118,8 +134,10 @@ def cmd_mapping(a) -> int:
         save_every=a.save_every, snapshot_every=a.snapshot_every, sample_every=a.sample_every,
         sample_prompts=tuple(a.sample_prompt or MappingConfig.sample_prompts), sample_faces=a.sample_faces,
         sample_steps=a.sample_steps, sample_cfg=a.sample_cfg, progress=a.progress)
-    out = MappingTrainer(cfg).run(resume=a.resume)
-    print(f"wrote {out}/mapping.pt and mapping.safetensors (load them like the official mapping.pt)")
+    with launch(a.device, a.dist_timeout) as ranks:
+        out = MappingTrainer(cfg).run(resume=a.resume)
+    if ranks.is_main:
+        print(f"wrote {out}/mapping.pt and mapping.safetensors (load them like the official mapping.pt)")
     return 0
 
 
@@ -131,8 +149,10 @@ def cmd_msid(a) -> int:
                      max_grad_norm=a.max_grad_norm, scale=a.scale, margin=a.margin, flip=a.flip,
                      precision=a.precision, device=a.device, workers=a.workers, seed=a.seed,
                      save_every=a.save_every, progress=a.progress)
-    out = MSIDTrainer(cfg).run(resume=a.resume)
-    print(f"wrote {out}/msid.pt and msid.safetensors (load them like the official msid.pt)")
+    with launch(a.device, a.dist_timeout) as ranks:
+        out = MSIDTrainer(cfg).run(resume=a.resume)
+    if ranks.is_main:
+        print(f"wrote {out}/msid.pt and msid.safetensors (load them like the official msid.pt)")
     return 0
 
 
@@ -151,7 +171,8 @@ def cmd_bench(a) -> int:
     from .deps import require
     if a.trainer == "mapping":
         require("diffusers", "The mapping benchmark")
-    return main(a)
+    with launch(a.device, a.dist_timeout):
+        return main(a)
 
 
 def main(argv=None) -> int:

@@ -4,11 +4,13 @@
     python -m f2d_core.train bench-step --device cuda --micro-batch-size 8 --gradient-checkpointing
     python -m f2d_core.train bench-step --trainer msid --device cuda   # MSID, batch 1024
     python -m f2d_core.train bench-step --size tiny --device cpu       # the toy size of the tests
+    python -m f2d_core.train bench-step --device cuda --world-size 8   # one of 8 GPUs: batch 32 / 8 = 4
+    torchrun --nproc_per_node 8 -m f2d_core.train bench-step --device cuda   # 8 GPUs, real all-reduce
 
 Full size is the real SD1.x architecture (UNet 860 M, VAE 84 M, CLIP-L 123 M parameters)
 with the frozen MSID, a random Deep3DFaceRecon ResNet-50 and a random BiSeNet, so the
-step does all the work of a real one. Prints seconds per step, hours per 1k steps, and
-peak GPU memory.
+step does all the work of a real one. Prints seconds per step, hours per 1k steps, peak
+memory per rank (GPU; the process's peak RSS on the CPU) and what each rank holds.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ import tempfile
 import time
 
 import torch
+
+from ..errors import F2DError
+
+from .distributed import current
 
 # toy SD1.x-shaped models (same block types, 768-wide cross-attention, VAE factor 8)
 TINY_UNET = dict(
@@ -83,7 +89,8 @@ class RandomIdentities(torch.utils.data.Dataset):
         return torch.randint(0, 256, (3, 112, 112), generator=g, dtype=torch.uint8), index % self.classes
 
 
-def _mapping_trainer(args, out, device):
+def _mapping_trainer(args, out, device, batch_size):
+    """device: where this rank builds the random models (the trainer resolves args.device the same way)."""
     from ..identity.expression import ExpressionRegressor
     from ..models.deep3d import ReconNet
     from ..models.msid import MSIDEncoder
@@ -92,8 +99,8 @@ def _mapping_trainer(args, out, device):
     from .mapping_trainer import Components, MappingConfig, MappingTrainer
     from .parsing import BiSeNet, FaceParser
     resolution = args.resolution or (512 if args.size == "full" else 64)
-    cfg = MappingConfig(out=out, steps=10 ** 9, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
-                        resolution=resolution, precision=args.precision, device=device, loss=args.loss,
+    cfg = MappingConfig(out=out, steps=10 ** 9, batch_size=batch_size, micro_batch_size=args.micro_batch_size,
+                        resolution=resolution, precision=args.precision, device=args.device, loss=args.loss,
                         gradient_checkpointing=args.gradient_checkpointing, workers=args.workers, progress=False,
                         sample_every=0)
     with torch.device(device):
@@ -103,44 +110,102 @@ def _mapping_trainer(args, out, device):
     return MappingTrainer(cfg, comps, RandomFaces(4096, resolution, args.expression))
 
 
-def _msid_trainer(args, out, device):
+def _msid_trainer(args, out, device, batch_size):
     from .msid_trainer import MSIDConfig, MSIDTrainer
-    cfg = MSIDConfig(out=out, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
-                     precision=args.precision, device=device, workers=args.workers, progress=False)
+    cfg = MSIDConfig(out=out, batch_size=batch_size, micro_batch_size=args.micro_batch_size,
+                     precision=args.precision, device=args.device, workers=args.workers, progress=False)
     return MSIDTrainer(cfg, RandomIdentities(max(4096, args.batch_size * 2), args.num_classes), args.num_classes)
 
 
+def _bytes(obj) -> int:
+    """Bytes of the weights and buffers a frozen model holds (modules, or our wrappers around one)."""
+    for attr in ("net", "regressor"):  # FaceParser.net, RegressorExpression.regressor.net
+        if not isinstance(obj, torch.nn.Module) and hasattr(obj, attr):
+            return _bytes(getattr(obj, attr))
+    if not isinstance(obj, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in [*obj.parameters(), *obj.buffers()])
+
+
+def _dtype(obj) -> str:
+    for attr in ("net", "regressor"):
+        if not isinstance(obj, torch.nn.Module) and hasattr(obj, attr):
+            return _dtype(getattr(obj, attr))
+    return str(next(obj.parameters()).dtype).replace("torch.", "")
+
+
+def held_memory(tr) -> dict:
+    """What one rank holds, in GiB: each frozen model (in the dtype it is stored in), the trained
+    weights, their gradients (DDP's all-reduce buckets under torchrun), the AdamW state."""
+    gib = 2 ** 30
+    if hasattr(tr, "parts"):
+        frozen = {"unet": tr.parts.unet, "vae": tr.parts.vae, "text_encoder": tr.parts.text_encoder,
+                  "msid": tr.c.msid, "expression": tr.c.expression, "parser": tr.c.parser}
+    else:
+        frozen = {}
+    out = {f"frozen {k} ({_dtype(m)})": round(_bytes(m) / gib, 3) for k, m in frozen.items() if m is not None}
+    trained = sum(p.numel() * p.element_size() for p in tr.params())
+    state = sum(t.numel() * t.element_size() for st in tr.optimizer.state.values() for t in st.values()
+                if torch.is_tensor(t))
+    out.update({"trained weights (fp32)": round(trained / gib, 3), "gradients (fp32)": round(trained / gib, 3),
+                "AdamW state (fp32)": round(state / gib, 3)})
+    return out
+
+
+def _peak_rss_gib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
+
+
 def bench(args) -> dict:
-    from .runtime import resolve_device
-    device = str(resolve_device(args.device))
+    """Time and memory of this rank's training steps. Under torchrun every rank runs its share of
+    --batch-size with the real gradient all-reduce; one process with --world-size N runs the share
+    of one of N ranks (batch / N) without the all-reduce."""
+    ranks = current()
+    world = args.world_size or ranks.world
+    if ranks.distributed and world != ranks.world:
+        raise F2DError(f"--world-size {world}, but torchrun started {ranks.world} processes: leave --world-size out "
+                       "under torchrun (it is the number of processes).")
+    if world < 1 or args.batch_size % world:
+        raise F2DError(f"--batch-size {args.batch_size} cannot be split evenly over --world-size {world}.")
+    simulated = world > ranks.world
+    device = str(ranks.device(args.device))
     cuda = device.startswith("cuda")
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        tr = (_mapping_trainer if args.trainer == "mapping" else _msid_trainer)(args, out, device)
+        batch = args.batch_size // world if simulated else args.batch_size
+        tr = (_mapping_trainer if args.trainer == "mapping" else _msid_trainer)(args, out, device, batch)
         setup = time.perf_counter() - t0
         batches = tr.batches(0)
         for _ in range(args.warmup):
             tr.train_step(batches)
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         losses = [tr.train_step(batches)["loss"] for _ in range(args.steps)]
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         per_step = (time.perf_counter() - t0) / args.steps
     res = {"trainer": args.trainer, "size": args.size, "device": device,
-           "gpu": torch.cuda.get_device_name() if cuda else None, "precision": tr.precision,
-           "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size or args.batch_size,
+           "gpu": torch.cuda.get_device_name(device) if cuda else None, "precision": tr.precision,
+           "batch_size": args.batch_size, "world_size": world,
+           "world_size_simulated": simulated, "per_rank_batch": tr.per_rank_batch, "micro_batch_size": tr.micro,
            "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
            "seconds_per_step": round(per_step, 4), "hours_per_1k_steps": round(per_step * 1000 / 3600, 3),
            "setup_seconds": round(setup, 1), "loss": round(losses[-1], 5), "torch": torch.__version__}
-    if cuda:
-        res["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-        res["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)
     if args.trainer == "mapping":
         res.update(loss_kind=args.loss, resolution=tr.cfg.resolution, expression=args.expression,
                    parsing=args.parsing)
+    mem = {"rank": ranks.rank, "seconds_per_step": res["seconds_per_step"], "peak_process_rss_gib": _peak_rss_gib()}
+    if cuda:
+        mem["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        mem["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2)
+    res["holds_per_rank_gib"] = held_memory(tr)
+    res["ranks"] = ranks.gather(mem)
     return res
 
 
@@ -150,7 +215,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--batch-size", type=int, default=None, help="default: the paper's (mapping 32, msid 1024)")
-    p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, default=None, help="samples per forward pass on each rank")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="without torchrun: time one rank of a run on this many GPUs (its share of --batch-size, "
+                        "without the gradient all-reduce); under torchrun: the number of processes")
     p.add_argument("--resolution", type=int, default=None, help="mapping: SD crop size (default 512; tiny 64)")
     p.add_argument("--loss", default="cgdr", choices=("cgdr", "reconstruction", "masked"))
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -168,8 +236,19 @@ def main(args) -> int:
     if args.batch_size is None:
         args.batch_size = 32 if args.trainer == "mapping" else 1024
     res = bench(args)
+    if not current().is_main:
+        return 0
     for k, v in res.items():
-        print(f"{k:>24}: {v}")
+        if k == "holds_per_rank_gib":
+            print(f"{'each rank holds (GiB)':>24}:")
+            for name, gib in v.items():
+                print(f"{'':>26}{name}: {gib}")
+        elif k == "ranks":
+            print(f"{'per rank':>24}:")
+            for r in v:
+                print(f"{'':>26}" + ", ".join(f"{a} {b}" for a, b in r.items()))
+        else:
+            print(f"{k:>24}: {v}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -9,10 +9,12 @@
    horizontally flipped sample flips all of them (the paper's only augmentation).
 3. `SampleStream` decides which photo comes k-th and whether it is flipped, as a pure
    function of (seed, k): one shuffled permutation per epoch. A run resumed at step s
-   simply continues at sample s·batch, which makes resuming exact.
+   simply continues at sample s·batch, which makes resuming exact; under torchrun each
+   rank takes its slice of every step's samples (`SampleStream.shard`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -97,12 +99,32 @@ def _user_landmarks(path: str) -> dict:
     return out
 
 
+def _stale(entry, st) -> bool:
+    return entry is None or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns
+
+
+def _detect_entry(root, rel, detector, policy) -> dict:
+    from ..faces.detect import select_face
+    full = os.path.join(root, rel)
+    st = os.stat(full)
+    try:
+        face = select_face(detector.detect(read_rgb(full), rel), policy, rel)
+        entry = {"landmarks5": np.asarray(face.landmarks5).tolist(),
+                 "landmarks68": None if face.landmarks68 is None else np.asarray(face.landmarks68).tolist(),
+                 "score": float(face.score)}
+    except NoFaceError as e:
+        entry = {"no_face": str(e)}
+    entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return entry
+
+
 def build_index(root: str, detector=None, landmarks_file: str | None = None, cache_path: str | None = None,
-                policy="largest", progress=None, labels: dict | None = None) -> list[FaceRecord]:
+                policy="largest", progress=None, labels: dict | None = None, ranks=None) -> list[FaceRecord]:
     """One FaceRecord per photo with a face. Landmarks come from `landmarks_file` when it lists
     the photo, else from `detector` (cached in `cache_path`, reused while the photo's size and
-    mtime are unchanged). Photos without a face are left out and counted in the log."""
-    from ..faces.detect import select_face
+    mtime are unchanged). Photos without a face are left out and counted in the log.
+    ranks (distributed.Ranks): the photos to detect are shared out over the ranks, every rank
+    gets the whole index, and only rank 0 writes the cache."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise F2DError(f"{root}: the data folder does not exist.")
@@ -118,37 +140,32 @@ def build_index(root: str, detector=None, landmarks_file: str | None = None, cac
             saved = json.load(f)
         if saved.get("version") == INDEX_VERSION:
             cache = saved.get("entries", {})
-    todo = [f for f in files if f not in given]
-    if todo and detector is None:
-        raise F2DError(f"{len(todo)} of the {len(files)} images in {root} have no landmarks (e.g. {todo[0]}). Give "
-                       "--detector with an insightface pack folder (e.g. ComfyUI/models/insightface/models/buffalo_l),"
-                       " or --landmarks with a JSON file {\"relative/path.jpg\": [[x, y], ...5 or 68 points]}.")
-    records, no_face, changed = [], [], False
-    for i, rel in enumerate(files):
+    undetected = [f for f in files if f not in given]
+    if undetected and detector is None:
+        raise F2DError(f"{len(undetected)} of the {len(files)} images in {root} have no landmarks (e.g. "
+                       f"{undetected[0]}). Give --detector with an insightface pack folder (e.g. "
+                       "ComfyUI/models/insightface/models/buffalo_l), or --landmarks with a JSON file "
+                       "{\"relative/path.jpg\": [[x, y], ...5 or 68 points]}.")
+    todo = [rel for rel in undetected if _stale(cache.get(rel), os.stat(os.path.join(root, rel)))]
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+    mine = todo[rank::world]
+    new = {}
+    with ranks.guard("face detection") if ranks is not None else contextlib.nullcontext():
+        for i, rel in enumerate(mine):
+            new[rel] = _detect_entry(root, rel, detector, policy)
+            if progress:
+                progress(i + 1, len(mine))
+    for part in (ranks.gather(new) if ranks is not None else [new]):
+        cache.update(part)
+    records, no_face = [], []
+    for rel in files:
         label = -1 if labels is None else labels[rel]
-        if rel in given:
-            records.append(_record(rel, given[rel], label))
-            continue
-        full = os.path.join(root, rel)
-        st = os.stat(full)
-        entry = cache.get(rel)
-        if entry is None or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
-            try:
-                face = select_face(detector.detect(read_rgb(full), rel), policy, rel)
-                entry = {"landmarks5": np.asarray(face.landmarks5).tolist(),
-                         "landmarks68": None if face.landmarks68 is None else np.asarray(face.landmarks68).tolist(),
-                         "score": float(face.score)}
-            except NoFaceError as e:
-                entry = {"no_face": str(e)}
-            entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
-            cache[rel], changed = entry, True
+        entry = given[rel] if rel in given else cache[rel]
         if "no_face" in entry:
             no_face.append(rel)
         else:
             records.append(_record(rel, entry, label))
-        if progress:
-            progress(i + 1, len(files))
-    if cache_path and changed:
+    if cache_path and todo and rank == 0:
         tmp = cache_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"version": INDEX_VERSION, "root": os.path.abspath(root), "entries": cache}, f)
@@ -189,6 +206,19 @@ class SampleStream:
         while True:
             yield [self.item(k + j) for j in range(batch)]
             k += batch
+
+    def shard(self, start_step: int, batch: int, rank: int = 0, world: int = 1, micro: int | None = None):
+        """Endless micro-batches of one rank, from optimizer step `start_step` on: step s uses samples
+        [s·batch, (s+1)·batch); rank r takes its r-th slice of batch/world samples, in micro-batches
+        of `micro`. With world 1 this is batches(start_step·batch, micro)."""
+        per_rank = batch // world
+        micro = micro or per_rank
+        s = int(start_step)
+        while True:
+            first = s * batch + rank * per_rank
+            for i in range(per_rank // micro):
+                yield [self.item(first + i * micro + j) for j in range(micro)]
+            s += 1
 
 
 def to_msid_pixels(crops: torch.Tensor) -> torch.Tensor:

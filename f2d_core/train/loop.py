@@ -1,11 +1,16 @@
 """What both trainers share: optimizer and schedule, the step loop, saving, exact resuming.
 
-A subclass sets `self.trainable` (the modules whose weights and optimizer state are saved),
-and implements `loss(batch, step, micro)`, `batches(start_step)` and `export()` (the
-official-format weight files); `after_save()` and `periodic()` are optional hooks.
+A subclass sets `self.trainable` (the modules whose weights and optimizer state are saved)
+and `self.model` (the module its loss calls, `self.wrap(...)`: DistributedDataParallel under
+torchrun), and implements `loss(batch, step, micro)`, `batches(start_step)` and `export()`
+(the official-format weight files); `periodic()` is an optional hook (rank 0 only).
+
+Under torchrun (distributed.py) the global batch is split over the ranks, only rank 0
+writes, and an error on any rank stops every rank with a message naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -16,7 +21,7 @@ import torch
 
 from ..errors import F2DError
 
-from . import runtime
+from . import distributed, runtime
 from .state import STATE_FILE, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -46,14 +51,34 @@ def plain(v):
 class BaseTrainer:
     resume_keys: tuple = ()       # settings a resumed run must share with the original
     title = "training"
+    # None: a run may be resumed on another number of ranks; else why not (the refusal says it)
+    world_size_fixed_because: str | None = None
 
     def setup_runtime(self, cfg):
         self.cfg = cfg
-        self.device = runtime.resolve_device(cfg.device)
+        self.ranks = distributed.current()
+        self.device = self.ranks.device(cfg.device)
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         runtime.setup_backend(self.device)
-        os.makedirs(cfg.out, exist_ok=True)
+        self._split_batch()
+        if self.ranks.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
         self.step = 0
+        self.model = None
+
+    def _split_batch(self):
+        """Samples per rank and per forward pass: --batch-size is the global batch."""
+        cfg, world = self.cfg, self.ranks.world
+        if cfg.batch_size % world:
+            raise F2DError(f"--batch-size {cfg.batch_size} cannot be split evenly over the {world} ranks of this run "
+                           f"(torchrun --nproc_per_node x --nnodes): give a multiple of {world}, or run on a number "
+                           f"of processes that divides {cfg.batch_size}.")
+        self.per_rank_batch = cfg.batch_size // world
+        self.micro = cfg.micro_batch_size or self.per_rank_batch
+        if self.micro < 1 or self.per_rank_batch % self.micro:
+            where = f" over {world} ranks is {self.per_rank_batch} per rank, which" if world > 1 else ""
+            raise F2DError(f"--batch-size {cfg.batch_size}{where} must be a multiple of --micro-batch-size "
+                           f"{self.micro}.")
 
     def setup_optimizer(self, params, schedule: str = "constant"):
         cfg = self.cfg
@@ -62,27 +87,46 @@ class BaseTrainer:
             self.optimizer, lr_lambda(max(0, cfg.warmup_steps), cfg.steps, schedule))
         self.scaler = runtime.make_scaler(self.device, self.precision)
 
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module the loss calls: DistributedDataParallel around `module` under torchrun."""
+        self.model = self.ranks.wrap(module, self.device)
+        return self.model
+
     def autocast(self):
         return runtime.autocast(self.device, self.precision)
 
     @property
     def accumulation(self) -> int:
-        micro = self.cfg.micro_batch_size or self.cfg.batch_size
-        if micro < 1 or self.cfg.batch_size % micro:
-            raise F2DError(f"--batch-size {self.cfg.batch_size} must be a multiple of --micro-batch-size {micro}")
-        return self.cfg.batch_size // micro
+        """Micro-batches per rank and optimizer step."""
+        return self.per_rank_batch // self.micro
+
+    def sample_numbers(self, step: int, micro: int, count: int) -> range:
+        """The stream numbers of the samples in this rank's micro-batch `micro` of `step` (see
+        data.SampleStream.shard): what seeds each sample's random draws."""
+        first = step * self.cfg.batch_size + self.ranks.rank * self.per_rank_batch + micro * self.micro
+        return range(first, first + count)
 
     def params(self):
         return [p for m in self.trainable.values() for p in m.parameters()]
 
+    def _gradient_sync(self, sync: bool):
+        """DDP all-reduces the gradients in the last micro-batch's backward pass only."""
+        if sync or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
     def train_step(self, batches) -> dict:
-        """One optimizer step over `accumulation` micro-batches; returns {"loss": mean loss}."""
+        """One optimizer step over `accumulation` micro-batches on every rank; returns {"loss": the
+        mean loss of the global batch}."""
         acc = self.accumulation
-        total = 0.0
+        losses = []
         for micro in range(acc):
-            loss = self.loss(next(batches), self.step, micro)
-            self.scaler.scale(loss / acc).backward()
-            total += float(loss.detach()) / acc
+            with self.ranks.guard(f"step {self.step + 1}"):  # data and forward pass: an error stops every rank
+                loss = self.loss(next(batches), self.step, micro)
+            with self._gradient_sync(micro == acc - 1):
+                self.scaler.scale(loss / acc).backward()
+            losses.append(loss.detach().float())
+        total = self.ranks.mean(torch.stack(losses).mean())
         if getattr(self.cfg, "max_grad_norm", 0) > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params(), self.cfg.max_grad_norm)
@@ -91,15 +135,17 @@ class BaseTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_schedule.step()
         self.step += 1
-        return {"loss": total}
+        return {"loss": float(total)}
 
     # ---- state ---------------------------------------------------------------------------------
     def save(self):
+        """Weights and the resume state (call on rank 0: the ranks hold the same weights)."""
         self.export()
         save_state(os.path.join(self.cfg.out, STATE_FILE), step=self.step,
                    modules={k: m.state_dict() for k, m in self.trainable.items()},
                    optimizer=self.optimizer.state_dict(), lr_schedule=self.lr_schedule.state_dict(),
-                   scaler=self.scaler.state_dict(), config=plain(dataclasses.asdict(self.cfg)))
+                   scaler=self.scaler.state_dict(), config=plain(dataclasses.asdict(self.cfg)),
+                   world_size=self.ranks.world)
 
     def resume(self):
         path = os.path.join(self.cfg.out, STATE_FILE)
@@ -112,6 +158,14 @@ class BaseTrainer:
             raise F2DError(f"--resume: these settings differ from the run in {self.cfg.out}: "
                            + ", ".join(f"{k} {old.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
                            + ". Use the run's settings, or start a new run in another --out folder.")
+        was = int(state["world_size"])
+        if was != self.ranks.world:
+            if self.world_size_fixed_because is not None:
+                raise F2DError(f"--resume: the run in {self.cfg.out} was trained on {was} rank(s), this one has "
+                               f"{self.ranks.world}. {self.world_size_fixed_because} Resume it on {was} process(es) "
+                               "(torchrun --nproc_per_node x --nnodes), or start a new run in another --out folder.")
+            log.info("resuming a run of %d rank(s) on %d: the same samples and random draws, the gradients are "
+                     "summed in another order", was, self.ranks.world)
         for k, m in self.trainable.items():
             m.load_state_dict(state["modules"][k])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -122,43 +176,50 @@ class BaseTrainer:
 
     # ---- the run ---------------------------------------------------------------------------------
     def periodic(self, last: bool):
-        """Called after every step (samples, evaluations)."""
+        """Called on rank 0 after every step (samples, evaluations)."""
 
     def run(self, resume: bool = False) -> str:
         from .logbook import Logbook
-        cfg = self.cfg
-        if resume:
-            self.resume()
-        elif os.path.isfile(os.path.join(cfg.out, STATE_FILE)):
-            raise F2DError(f"{cfg.out} already holds a training run ({STATE_FILE}); pass --resume to continue it, "
-                           "or choose another --out folder.")
-        book = Logbook(cfg.out, ("loss",), self.step, cfg.steps, cfg.progress, title=self.title)
+        cfg, main = self.cfg, self.ranks.is_main
+        book = None
+        with self.ranks.guard("starting the run"):
+            if resume:
+                self.resume()
+            elif os.path.isfile(os.path.join(cfg.out, STATE_FILE)):
+                raise F2DError(f"{cfg.out} already holds a training run ({STATE_FILE}); pass --resume to continue "
+                               "it, or choose another --out folder.")
+            if main:
+                book = Logbook(cfg.out, ("loss",), self.step, cfg.steps, cfg.progress, title=self.title)
         batches = self.batches(self.step)
         try:
             while self.step < cfg.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
                 metrics = self.train_step(batches)
-                if not np.isfinite(metrics["loss"]):
+                if not np.isfinite(metrics["loss"]):  # the global mean: every rank stops here together
                     raise F2DError(f"the loss became {metrics['loss']} at step {self.step}; lower --lr, or use "
                                    "--precision fp32 / bf16 instead of fp16.")
-                book.write(self.step, lr, **metrics)
                 last = self.step == cfg.steps
-                if last or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save()
-                    book.plot()
-                self.periodic(last)
+                with self.ranks.guard(f"saving step {self.step}"):
+                    if main:
+                        book.write(self.step, lr, **metrics)
+                        if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                            self.save()
+                            book.plot()
+                        self.periodic(last)
         finally:
-            book.close()
+            if book is not None:
+                book.close()
         return self.cfg.out
 
-    def loader(self, dataset, start_sample: int, micro: int, flip: bool):
-        """Endless micro-batches from sample number `start_sample` on (see data.SampleStream)."""
+    def loader(self, dataset, start_step: int, flip: bool):
+        """This rank's endless micro-batches from optimizer step `start_step` on (data.SampleStream.shard)."""
         from .data import SampleStream
         stream = SampleStream(len(dataset), self.cfg.seed, flip)
+        cfg, ranks, micro = self.cfg, self.ranks, self.micro
 
         class _Batches:  # DataLoader takes any iterable of index lists
             def __iter__(self):
-                return stream.batches(start_sample, micro)
+                return stream.shard(start_step, cfg.batch_size, ranks.rank, ranks.world, micro)
 
         return iter(torch.utils.data.DataLoader(dataset, batch_sampler=_Batches(), num_workers=self.cfg.workers,
                                                 pin_memory=self.device.type == "cuda"))

@@ -12,6 +12,11 @@ parser and all of Stable Diffusion are frozen. One step, per sample:
     loss     = CGDR (Eq. 7) with the face mask M, or the ablations Eq. 1 / Eq. 8 (losses.py)
 
 Defaults are the paper's: batch 32, lr 1e-5, horizontal flip only, 100k iterations.
+
+Every random draw of a sample (VAE sampling, noise, timestep, expression dropout, the
+mapping's dropout) is seeded by (seed, sample number), and f_map runs sample by sample, so
+a sample's loss does not depend on its micro-batch or rank: a run on 8 GPUs, on 1 GPU with
+accumulation, or resumed on another number of GPUs, is the same run up to float rounding.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from .data import to_msid_pixels
 from .loop import BaseTrainer
 from .losses import LOSSES, diffusion_loss, expression_keep_mask
 from .parsing import FACE_CLASSES
-from .state import step_generator, step_seed
+from .state import sample_generator, sample_seed, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +93,9 @@ class MappingConfig:
             raise F2DError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {micro}")
 
 
-# settings that must not change when a run is resumed (its exactness depends on them)
-RESUME_KEYS = ("batch_size", "micro_batch_size", "seed", "loss", "resolution", "crop", "flip", "prompt",
+# settings that must not change when a run is resumed (its exactness depends on them); the
+# micro-batch size and the number of ranks may change (per-sample draws)
+RESUME_KEYS = ("batch_size", "seed", "loss", "resolution", "crop", "flip", "prompt",
                "class_prompt", "expression_dropout", "lr", "weight_decay", "warmup_steps")
 
 
@@ -102,6 +108,35 @@ class Components:
     parser: object = None                # parsing.FaceParser or None (landmark masks)
 
 
+class PerSampleMapping(torch.nn.Module):
+    """f_map one sample at a time, each with its own dropout seed: a sample's S* then depends on
+    that sample alone, not on the micro-batch or rank it is in. (The MLPs are tiny next to the
+    UNet; this is the module DDP wraps.)"""
+
+    def __init__(self, mapping: torch.nn.Module):
+        super().__init__()
+        self.mapping = mapping
+
+    def forward(self, features, expression, keep, seeds):
+        s1, s2 = [], []
+        for i, seed in enumerate(seeds):
+            _seed_dropout(seed, features.device)
+            a, b = self.mapping(features[i:i + 1], None if expression is None else expression[i:i + 1],
+                                None if keep is None else keep[i:i + 1])
+            s1.append(a)
+            s2.append(b)
+        return torch.cat(s1), torch.cat(s2)
+
+
+def _seed_dropout(seed: int, device: torch.device):
+    """Seed the generator nn.Dropout draws from on `device` (only that device's)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 class MappingTrainer(BaseTrainer):
     resume_keys = RESUME_KEYS
 
@@ -109,21 +144,24 @@ class MappingTrainer(BaseTrainer):
         cfg.check()
         self.setup_runtime(cfg)
         self.title = f"mapping ({cfg.loss})"
-        if components is None:
-            self._check_paths()
-        self.c = components or self._load_components()
-        self.parts = self.c.parts.freeze(self.device, runtime.frozen_dtype(self.device, self.precision))
-        if cfg.gradient_checkpointing:
-            self.parts.unet.enable_gradient_checkpointing()
-        self.c.msid.to(self.device, torch.float32).eval().requires_grad_(False)
+        with self.ranks.guard("loading the models"):  # every rank loads its own copy of the frozen models
+            if components is None:
+                self._check_paths()
+            self.c = components or self._load_components()
+            self.parts = self.c.parts.freeze(self.device, runtime.frozen_dtype(self.device, self.precision))
+            if cfg.gradient_checkpointing:
+                self.parts.unet.enable_gradient_checkpointing()
+            self.c.msid.to(self.device, torch.float32).eval().requires_grad_(False)
         self.dataset = dataset if dataset is not None else self._load_dataset()
         if self.c.expression is None:
             log.warning("no expression model (--expression): every sample uses the learned null_exp, i.e. "
                         "expression dropout with probability 1; the expression input of the mapping stays untrained")
         if self.c.parser is None and cfg.loss != "reconstruction":
             log.info("no face-parsing network (--parsing): face masks are drawn from the landmarks")
-        self.mapping = self._init_mapping().to(self.device).train()
+        with self.ranks.guard("loading --init-mapping"):
+            self.mapping = self._init_mapping().to(self.device).train()
         self.trainable = {"mapping": self.mapping}
+        self.wrap(PerSampleMapping(self.mapping))
         self.setup_optimizer(self.mapping.parameters())
         self.noise = self.parts.noise_scheduler()
         tok = self.parts.tokenizer
@@ -172,10 +210,12 @@ class MappingTrainer(BaseTrainer):
         from .data import FaceDataset, build_index
         cfg = self.cfg
         detector = None
-        if cfg.detector:
-            from ..faces.detect import load_detector
-            detector = load_detector(cfg.detector, device="cpu")
-        records = build_index(cfg.data, detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"))
+        with self.ranks.guard("loading the face detector"):
+            if cfg.detector:
+                from ..faces.detect import load_detector
+                detector = load_detector(cfg.detector, device="cpu")
+        records = build_index(cfg.data, detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"),
+                              ranks=self.ranks)
         log.info("%d training faces in %s", len(records), cfg.data)
         return FaceDataset(cfg.data, records, cfg.resolution, self.c.expression is not None, cfg.crop)
 
@@ -191,20 +231,18 @@ class MappingTrainer(BaseTrainer):
 
     # ---- data -------------------------------------------------------------------------------
     def batches(self, start_step: int):
-        """Micro-batches from optimizer step `start_step` on (endless)."""
-        cfg = self.cfg
-        return self.loader(self.dataset, start_step * cfg.batch_size, cfg.micro_batch_size or cfg.batch_size,
-                           cfg.flip)
+        """This rank's micro-batches from optimizer step `start_step` on (endless)."""
+        return self.loader(self.dataset, start_step, self.cfg.flip)
 
     # ---- one step -----------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode(self, batch, g: torch.Generator):
+    def _encode(self, batch, gens: list):
         """Frozen parts: latents, identity features, expression, latent-size face mask."""
         dev, vae = self.device, self.parts.vae
         pixels = batch["sd"].to(dev).float() / 127.5 - 1.0
         with self.autocast():
             dist = vae.encode(pixels.to(vae.dtype)).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=g).to(dev)
+        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(dev)
         latents = (dist.mean.float() + dist.std.float() * eps) * self.parts.latent_scale
         features = self.c.msid(to_msid_pixels(batch["id"]).to(dev))
         expression = self.c.expression(batch["exp"]).to(dev) if self.c.expression is not None else None
@@ -215,17 +253,19 @@ class MappingTrainer(BaseTrainer):
         return latents, features, expression, mask
 
     def loss(self, batch, step: int, micro: int = 0) -> torch.Tensor:
-        """The loss of one micro-batch; all randomness from (seed, step, micro)."""
-        g = step_generator(self.cfg.seed, step, micro)
-        torch.manual_seed(step_seed(self.cfg.seed, step, micro) ^ 0x5DEECE66D)  # the mapping's dropout
-        latents, features, expression, mask = self._encode(batch, g)
-        b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=g).to(self.device)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (b,), generator=g).to(self.device)
-        keep = expression_keep_mask(b, self.cfg.expression_dropout, g).to(self.device)
+        """The loss of one micro-batch of this rank; each sample's randomness from (seed, sample number)."""
+        samples = self.sample_numbers(step, micro, len(batch["index"]))
+        gens = [sample_generator(self.cfg.seed, k) for k in samples]  # per sample: VAE eps, noise, t, dropout
+        latents, features, expression, mask = self._encode(batch, gens)
+        dev, steps = self.device, self.noise.config.num_train_timesteps
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(dev)
+        t = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in gens]).to(dev)
+        keep = torch.cat([expression_keep_mask(1, self.cfg.expression_dropout, g) for g in gens]).to(dev)
         z_t = self.noise.add_noise(latents, noise, t)
         target = noise if self.parts.prediction_type == "epsilon" else self.noise.get_velocity(latents, noise, t)
-        s1, s2 = self.mapping(features, expression, keep if expression is not None else None)
+        dropout_seeds = [sample_seed(self.cfg.seed, k) ^ 0x5DEECE66D for k in samples]
+        s1, s2 = self.model(features, expression, keep if expression is not None else None, dropout_seeds)
+        b = latents.shape[0]
         unet = self.parts.unet
         with self.autocast():
             cond = self.prompt.with_identity(s1, s2)

@@ -9,6 +9,10 @@ last. Data: one folder per person, ArcFace-aligned 112×112 crops (or photos plu
 detector). The paper's batch 1024 and learning rate 1e-3 are the defaults; the optimizer
 (AdamW, weight decay 0.1), warm-up and cosine decay are insightface's ViT recipe, which
 the paper does not contradict. Output: msid.pt in the official layout (+ .safetensors).
+
+Under torchrun each rank normalises its own micro-batches in the BatchNorm necks and rank
+0's running statistics are saved (as insightface's DDP recipe), so a run continues only on
+the same number of ranks.
 """
 from __future__ import annotations
 
@@ -59,6 +63,20 @@ class MSIDConfig:
             raise F2DError(f"--batch-size {self.batch_size} must be a positive multiple of --micro-batch-size {micro}")
 
 
+class EncoderWithHead(torch.nn.Module):
+    """MSID and its ArcFace head as one module (what DDP wraps): crops -> the Eq. 3 loss. The
+    encoder runs under `autocast`, the head in fp32."""
+
+    def __init__(self, msid: torch.nn.Module, head: ArcFaceHead, autocast):
+        super().__init__()
+        self.msid, self.head, self.autocast = msid, head, autocast
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            features = self.msid(pixels)
+        return self.head(features.float(), labels)
+
+
 def init_vit(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """timm's ViT initialisation: truncated normal (std 0.02) for linear layers and the position
     and class embeddings, zero biases, unit norms."""
@@ -82,55 +100,71 @@ class MSIDTrainer(BaseTrainer):
     resume_keys = ("batch_size", "micro_batch_size", "seed", "flip", "scale", "margin", "schedule", "lr",
                    "weight_decay", "warmup_steps")
     title = "MSID (multi-scale ArcFace)"
+    world_size_fixed_because = ("MSID's BatchNorm necks normalise each rank's micro-batches and keep rank 0's "
+                                "running statistics, so on another number of ranks the run would not continue "
+                                "the same way.")
 
     def __init__(self, cfg: MSIDConfig, dataset=None, num_classes: int | None = None):
         from ..models.msid import FEATURE_DIM, MSIDEncoder
         cfg.check()
         self.setup_runtime(cfg)
+        if self.micro < 2:
+            per = f" over {self.ranks.world} ranks" if self.ranks.distributed else ""
+            raise F2DError(f"--batch-size {cfg.batch_size}{per} with --micro-batch-size {self.micro} puts "
+                           f"{self.micro} sample in each forward pass, but MSID's BatchNorm necks need at least 2: "
+                           "give a larger --batch-size or --micro-batch-size.")
         if cfg.schedule == "cosine":  # the decay is spread over --steps: it cannot change mid-run
             self.resume_keys = self.resume_keys + ("steps",)
         if dataset is None:
-            dataset, num_classes = self._load_dataset()
+            with self.ranks.guard("reading the identity folders"):
+                paths, labels, names = self._identities()
+            dataset, num_classes = self._load_dataset(paths, labels, names)
         self.dataset, self.num_classes = dataset, int(num_classes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.msid = init_vit(MSIDEncoder(), cfg.seed)
             self.head = ArcFaceHead(FEATURE_DIM, self.num_classes, cfg.scale, cfg.margin)
-        if cfg.init:
-            from ..weights.checkpoint import load_checkpoint
-            self.msid.load_state_dict(load_checkpoint(cfg.init, "msid"), strict=True)
+        with self.ranks.guard("loading --init"):
+            if cfg.init:
+                from ..weights.checkpoint import load_checkpoint
+                self.msid.load_state_dict(load_checkpoint(cfg.init, "msid"), strict=True)
         self.msid.to(self.device).train()
+        # timm's final LayerNorm is in the official file but no tap reads it: it gets no gradient, so
+        # neither AdamW (weight decay) nor DDP touches it
+        self.msid.norm.requires_grad_(False)
         self.head.to(self.device).train()
         self.trainable = {"msid": self.msid, "head": self.head}
+        self.wrap(EncoderWithHead(self.msid, self.head, self.autocast))
         self.setup_optimizer(self.params(), cfg.schedule)
 
-    def _load_dataset(self):
-        from .data import AlignedFaceDataset, FaceRecord, build_index, identity_folders
+    def _identities(self):
+        from .data import identity_folders
         cfg = self.cfg
         paths, labels, names = identity_folders(cfg.data)
+        self._detector = None
+        if cfg.detector:
+            from ..faces.detect import load_detector
+            self._detector = load_detector(cfg.detector, device="cpu")
+        return paths, labels, names
+
+    def _load_dataset(self, paths, labels, names):
+        from .data import AlignedFaceDataset, FaceRecord, build_index
+        cfg = self.cfg
         if cfg.detector or cfg.landmarks:
-            detector = None
-            if cfg.detector:
-                from ..faces.detect import load_detector
-                detector = load_detector(cfg.detector, device="cpu")
-            records = build_index(cfg.data, detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"),
-                                  labels=labels)
+            records = build_index(cfg.data, self._detector, cfg.landmarks, os.path.join(cfg.out, "faces.json"),
+                                  labels=labels, ranks=self.ranks)
         else:  # aligned 112x112 crops, the usual face-recognition data layout
             records = [FaceRecord(p, None, None, labels[p]) for p in paths]
         log.info("%d faces of %d people in %s", len(records), len(names), cfg.data)
         return AlignedFaceDataset(cfg.data, records), len(names)
 
     def batches(self, start_step: int):
-        cfg = self.cfg
-        return self.loader(self.dataset, start_step * cfg.batch_size, cfg.micro_batch_size or cfg.batch_size,
-                           cfg.flip)
+        return self.loader(self.dataset, start_step, self.cfg.flip)
 
     def loss(self, batch, step: int, micro: int = 0) -> torch.Tensor:
         from .data import to_msid_pixels
         crops, labels = batch
-        with self.autocast():
-            features = self.msid(to_msid_pixels(crops).to(self.device))
-        return self.head(features.float(), labels.to(self.device))
+        return self.model(to_msid_pixels(crops).to(self.device), labels.to(self.device))
 
     def export(self):
         from .export import save_official

@@ -73,11 +73,12 @@ class SDParts:
 
     def freeze(self, device, dtype) -> "SDParts":
         """Move to `device`, no gradients for any weight. UNet and VAE in `dtype`; the text encoder
-        stays fp32 (S* is written into its embeddings and must not be rounded to 16 bits)."""
+        stays fp32 (S* is written into its embeddings and must not be rounded to 16 bits). The cast
+        comes first, so the GPU never holds an fp32 copy of a 16-bit model."""
         for m, dt in ((self.unet, dtype), (self.vae, dtype), (self.text_encoder, torch.float32)):
-            m.to(device=device)
             if next(m.parameters()).dtype != dt:  # (diffusers warns on every dtype cast, so only when needed)
                 m.to(dtype=dt)
+            m.to(device=device)
             m.eval().requires_grad_(False)
         return self
 

@@ -1,10 +1,11 @@
 """Run state for exact resuming: what `last.pt` holds, and per-step randomness.
 
-Every random draw of a training step (noise, timesteps, expression dropout, VAE sampling,
-dropout inside the mapping network) comes from generators seeded by (run seed, step), and
-the data order is a function of the sample number (data.SampleStream). So a run resumed
-from step s draws exactly what the uninterrupted run drew. The global RNG states (torch,
-CUDA, numpy, python) are saved and restored as well, for anything else that draws.
+Every random draw for a training sample (noise, timestep, expression dropout, VAE sampling,
+dropout inside the mapping network) comes from a generator seeded by (run seed, sample
+number), and the data order is a function of the sample number (data.SampleStream). So a
+run resumed from step s draws exactly what the uninterrupted run drew, and what a sample
+draws does not depend on the micro-batch or the rank it lands in. The global RNG states
+(torch, CUDA, numpy, python) are saved and restored as well, for anything else that draws.
 
 The file is written atomically and read back with torch.load(weights_only=True): only
 tensors, numbers, strings, lists and dicts are stored.
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "last.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-sample random draws, world size recorded
 
 
 def step_seed(seed: int, step: int, micro: int = 0) -> int:
@@ -27,8 +28,14 @@ def step_seed(seed: int, step: int, micro: int = 0) -> int:
             + 1) % (1 << 63)
 
 
-def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(step_seed(seed, step, micro))
+def sample_seed(seed: int, sample: int) -> int:
+    """A distinct 63-bit seed per (run seed, sample number), unrelated to the step seeds."""
+    return (int(seed) * 2_862_933_555_777_941_757 + int(sample) * 3_202_034_522_624_059_733 + 7_046_029_254_386_353_131) \
+        % (1 << 63)
+
+
+def sample_generator(seed: int, sample: int) -> torch.Generator:
+    return torch.Generator().manual_seed(sample_seed(seed, sample))
 
 
 def rng_state() -> dict:
@@ -68,6 +75,9 @@ def load_state(path: str) -> dict:
         raise F2DError(f"{path}: the run state could not be read ({type(e).__name__}: {e}). Start a new run in "
                        "another --out folder, or restore the file.") from None
     if state.get("version") != STATE_VERSION:
-        raise F2DError(f"{path}: run state version {state.get('version')}, this trainer reads {STATE_VERSION}.")
+        raise F2DError(f"{path}: run state version {state.get('version')}, this trainer reads {STATE_VERSION}: the run "
+                       "was written by another version of the trainer, whose random draws differ, so it cannot be "
+                       "continued exactly. Start a new run in another --out folder (--init-mapping / --init can "
+                       "start it from the weights the old run saved).")
     set_rng_state(state["rng"])
     return state
