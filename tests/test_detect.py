@@ -184,11 +184,11 @@ def _scene(shape, seed, scale):
 
 
 @pytest.mark.parametrize("variant", ["scrfd", "scrfd_batched", "scrfd_5"])
-@pytest.mark.parametrize("shape", [(640, 640), (320, 480), (480, 320)])
+@pytest.mark.parametrize("shape", [(640, 640), (480, 640), (640, 426)])
 def test_decoding_equals_insightface_scrfd(models, variant, shape):
     """Same boxes, scores and keypoints as insightface.model_zoo.scrfd.SCRFD (fed BGR, as it
-    expects). Images are at most det_size, so both sides resize the same way: not at all, or up
-    with INTER_LINEAR; only downscaling differs on purpose (see the INTER_AREA test)."""
+    expects). These sizes letterbox into 640x640 without resizing (the padding goes right or
+    below), so both sides feed the same blob and only the decoding, sort and NMS are compared."""
     from insightface.model_zoo.scrfd import SCRFD
 
     img = _scene(shape, seed=shape[0], scale=640 / max(shape))
@@ -201,11 +201,55 @@ def test_decoding_equals_insightface_scrfd(models, variant, shape):
     np.testing.assert_allclose(our_kps, kpss, atol=1e-3)
 
 
+def _pair_up(ours, theirs):
+    """Index pairs (ours, theirs) of the same candidate: the nearest box, within 1 pixel."""
+    dist = np.abs(ours[:, None, :4] - theirs[None, :, :4]).max(axis=2)
+    nearest = dist.argmin(axis=1)
+    pairs = [(i, int(j)) for i, j in enumerate(nearest) if dist[i, j] < 1.0]
+    assert len({j for _, j in pairs}) == len(pairs), "two of our candidates matched one of theirs"
+    return pairs
+
+
+@pytest.mark.parametrize("variant, max_stride", [("scrfd", 32), ("scrfd_5", 128)])
+@pytest.mark.parametrize("shape", [(320, 480), (480, 320), (512, 512), (100, 150)])
+def test_enlarged_images_detect_within_the_effect_of_one_level(models, variant, max_stride, shape):
+    """Enlarging, our exact float bilinear and OpenCV's 11-bit fixed point (insightface's resize)
+    differ by at most 1 level (on ~13% of values, tests/test_preprocess.py). Through the synthetic
+    model a 1-level change moves each pooled colour by at most 1/255, hence a score by at most
+    5/255 (red, and the green gate of slope 4), a box side by at most 1.75 * 1.1 * 2/255 strides and
+    a keypoint by 1.1 * 1.1 * 2/255 strides (the second anchor's 1.1x), in detector pixels. Those
+    bounds must hold for every candidate both sides find; a candidate only one side finds must be
+    within 5/255 of the threshold. Measured: boxes 0.06, keypoints 0.04 px, scores 0.003 at most.
+    NMS is off (nms_thresh=1): one borderline candidate could otherwise change which ones it keeps."""
+    from insightface.model_zoo.scrfd import SCRFD
+
+    det_scale = 640 / max(shape)
+    img = _scene(shape, seed=sum(shape), scale=det_scale)
+    theirs = SCRFD(model_file=models[variant])
+    theirs.prepare(-1, input_size=(640, 640), det_thresh=0.5, nms_thresh=1.0)
+    dets, kpss = theirs.detect(np.ascontiguousarray(img[:, :, ::-1]))
+    ours, our_kps = as_arrays(FaceDetector(models[variant], device="cpu", nms_thresh=1.0).detect(img))
+    score_bound = 5 / 255
+    box_bound = 1.75 * 1.1 * 2 / 255 * max_stride / det_scale
+    kps_bound = 1.1 * 1.1 * 2 / 255 * max_stride / det_scale
+    pairs = _pair_up(ours, dets)
+    mine, its = (np.array(ix) for ix in zip(*pairs))
+    assert len(pairs) >= 2
+    assert np.abs(ours[mine, 4] - dets[its, 4]).max() <= score_bound
+    assert np.abs(ours[mine, :4] - dets[its, :4]).max() <= box_bound
+    assert np.abs(our_kps[mine] - kpss[its]).max() <= kps_bound
+    alone = np.concatenate([np.delete(ours[:, 4], mine), np.delete(dets[:, 4], its)])
+    assert (np.abs(alone - 0.5) <= score_bound).all(), alone
+
+
 @pytest.mark.parametrize("lmk", ["lmk", "lmk_inside"])
 @pytest.mark.parametrize("shape", [(480, 640), (2048, 1536)])
 def test_landmarks68_equal_insightface_landmark_get(models, lmk, shape):
     """Both input normalisations (insightface picks one from the graph's first node names) and a
-    large image: the 68-point model must crop the full-resolution image, as Landmark.get does."""
+    large image: the 68-point model must crop the full-resolution image, as Landmark.get does.
+    The crops differ by at most 1 level (exact float against OpenCV's 1/32-pixel fixed point;
+    on this noise texture a few % of values): the points then move by at most 0.015 px, measured,
+    so 0.05 px leaves margin while a wrong crop, scale or mapping back is off by pixels."""
     from insightface.app.common import Face as InsightFace
     from insightface.model_zoo.landmark import Landmark
 
@@ -224,7 +268,7 @@ def test_landmarks68_equal_insightface_landmark_get(models, lmk, shape):
     for face in faces:
         ref = theirs.get(bgr, InsightFace(bbox=face.box, kps=face.landmarks5, det_score=face.score))
         assert face.landmarks68.shape == (68, 2) and face.landmarks68.dtype == np.float32
-        np.testing.assert_allclose(face.landmarks68, ref[:, :2], atol=1e-3)
+        np.testing.assert_allclose(face.landmarks68, ref[:, :2], atol=0.05)
 
 
 def test_alignment_points_are_the_5_keypoints_without_the_68_point_model(detector):

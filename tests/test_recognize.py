@@ -18,7 +18,7 @@ import synthetic_onnx as om
 import recognizer_onnx as ro
 from conftest import FACES
 from f2d_core.faces.detect import FaceDetector
-from f2d_core.errors import CheckpointError, ModelFilesMissing, NoFaceError
+from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
 from f2d_core.faces.recognize import (ArcFaceRecognizer, find_recognizer_file, list_recognizer_packs,
                                 load_recognizer)
 from f2d_core.faces.similarity import IdentityScorer, load_identity_scorer
@@ -48,23 +48,45 @@ KPS = np.array([[70, 80], [130, 78], [100, 110], [75, 140], [125, 138]], np.floa
 
 @pytest.mark.parametrize("which", ["rec", "rec_inside"])
 def test_embeddings_equal_insightface_arcface_onnx(files, which):
-    """Both input normalisations (insightface picks one from the graph's first node names)."""
-    from insightface.app.common import Face as InsightFace
+    """Both input normalisations (insightface picks one from the graph's first node names); the
+    same crops on both sides (insightface's norm_crop), so the blob and the model run are compared."""
     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.utils.face_align import norm_crop
     theirs = ArcFaceONNX(model_file=files[which])
     ours = ArcFaceRecognizer(files[which], device="cpu")
     assert (ours.input_mean, ours.input_std) == (theirs.input_mean, theirs.input_std)
-    for seed in range(3):
-        rgb = photo(seed)
-        expected = theirs.get(rgb[:, :, ::-1].copy(), InsightFace(kps=KPS))  # insightface takes BGR
-        np.testing.assert_allclose(ours.features([ours.align(rgb, KPS)])[0], expected, rtol=0, atol=1e-6)
+    crops = [norm_crop(photo(seed), KPS) for seed in range(3)]
+    expected = theirs.get_feat([c[:, :, ::-1].copy() for c in crops])  # insightface takes BGR and swaps
+    np.testing.assert_allclose(ours.features(crops), expected, rtol=0, atol=1e-6)
 
 
-def test_alignment_equals_insightface_norm_crop(files):
+def _moved(rng, kps):
+    """The keypoints under a random similarity, as a face elsewhere in the picture."""
+    angle, scale = rng.uniform(-0.5, 0.5), rng.uniform(0.6, 1.4)
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = kps.mean(axis=0)
+    return ((kps - centre) @ rot.T + centre + rng.uniform(-20, 20, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_alignment_is_insightface_norm_crop_within_one_level(files, seed):
+    """Exact float bilinear against OpenCV's 1/32-pixel fixed point (norm_crop's warpAffine): at most
+    1 level, on under 1% of the values (measured: none on these photos; a few on noise)."""
     from insightface.utils.face_align import norm_crop
     ours = ArcFaceRecognizer(files["rec"], device="cpu")
-    rgb = photo(4)
-    np.testing.assert_array_equal(ours.align(rgb, KPS), norm_crop(rgb, KPS))  # measured: bit-exact
+    rng = np.random.default_rng(seed)
+    for picture in (photo(seed), rng.integers(0, 256, (200, 160, 3), dtype=np.uint8)):
+        kps = _moved(rng, KPS)
+        diff = np.abs(ours.align(picture, kps).astype(int) - norm_crop(picture, kps))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_crops_of_another_size_are_refused_with_how_to_make_them(files):
+    rec = ArcFaceRecognizer(files["rec"], device="cpu")
+    with pytest.raises(F2DError) as err:
+        rec.features([rec.align(photo(0), KPS), np.zeros((100, 100, 3), np.uint8)])
+    msg = str(err.value)
+    assert "face crop 2" in msg and "w600k_r50.onnx" in msg and "(112, 112, 3)" in msg and "align" in msg
 
 
 def test_embedding_is_the_known_function_of_the_crop_and_normalised(files):

@@ -56,32 +56,52 @@ def similarity_matrix(landmarks5, template=ARCFACE_TEMPLATE) -> np.ndarray:
     return T
 
 
-def warp(image, matrix, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """Bilinear warp of an RGB uint8 image by a 3x3 affine matrix, black outside.
+_WARP_ROWS = 32  # output rows per step: small temporaries are reused, large ones fault in fresh pages
 
-    What the official cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) computes, in exact float
-    arithmetic instead of OpenCV's 1/32-pixel fixed point: the official crop is matched within
+
+def warp(image, matrix, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """Bilinear warp of an RGB uint8 image by an affine matrix (3x3, or OpenCV's 2x3) into a
+    size x size crop, black outside.
+
+    What OpenCV's warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) computes, in exact float
+    arithmetic instead of its 1/32-pixel fixed point: the official crop is matched within
     1 level on a few pixels, and no OpenCV release can move it (5.1 changed its rounding).
     """
     src = np.asarray(image)
-    if src.ndim != 3 or src.dtype != np.uint8:
+    if src.ndim != 3 or src.shape[2] != 3 or src.dtype != np.uint8:
         raise F2DError(f"expected an RGB uint8 image shaped (H, W, 3), got {src.dtype} {src.shape}")
-    inverse = np.linalg.inv(np.asarray(matrix, dtype=np.float64).reshape(3, 3))
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    sx = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
-    sy = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
-    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape not in ((2, 3), (3, 3)):
+        raise F2DError(f"expected a 2x3 or 3x3 affine matrix, got shape {m.shape}")
+    inverse = np.linalg.inv(np.vstack([m[:2], [0.0, 0.0, 1.0]]))
     h, w = src.shape[:2]
+    pixels = np.ascontiguousarray(src).reshape(h * w, 3)
 
-    def tap(y, x):  # the source pixel, or the black border outside the image
-        inside = ((y >= 0) & (y < h) & (x >= 0) & (x < w))[..., None]
-        return np.where(inside, src[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)], 0).astype(np.float64)
+    def rgb(weight):  # one weight per pixel -> one per value: same-shape products are 5x faster
+        return np.repeat(weight[..., None], 3, axis=2)
 
-    top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
-    bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
-    out = np.floor(top * (1 - fy) + bottom * fy + 0.5)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    def tap(y, x, weight, all_inside):  # weight * the source pixel, or 0: the black border outside
+        if all_inside:
+            return np.take(pixels, y * w + x, axis=0).astype(np.float64) * rgb(weight)
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        value = np.take(pixels, np.where(inside, y * w + x, 0), axis=0).astype(np.float64)
+        return value * rgb(weight * inside)
+
+    out = np.empty((size, size, 3), np.uint8)
+    xs = np.arange(size, dtype=np.float64)[None, :]
+    for r0 in range(0, size, _WARP_ROWS):
+        ys = np.arange(r0, min(r0 + _WARP_ROWS, size), dtype=np.float64)[:, None]
+        sx = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+        sy = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+        x0, y0 = np.floor(sx), np.floor(sy)
+        fx, fy = sx - x0, sy - y0
+        x0, y0 = x0.astype(np.intp), y0.astype(np.intp)
+        inside = x0.min() >= 0 and y0.min() >= 0 and x0.max() + 1 < w and y0.max() + 1 < h
+        top = tap(y0, x0, 1 - fx, inside) + tap(y0, x0 + 1, fx, inside)
+        bottom = tap(y0 + 1, x0, 1 - fx, inside) + tap(y0 + 1, x0 + 1, fx, inside)
+        value = np.floor(top * rgb(1 - fy) + bottom * rgb(fy) + 0.5)
+        out[r0:r0 + len(ys)] = np.clip(value, 0, 255)
+    return out
 
 
 def align_face(image, landmarks5, name: str = "image") -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ landmark model with onnxruntime, reproducing insightface's pre- and post-process
 decoding at strides 8/16/32, greedy NMS with the +1 pixel area convention.
 One deliberate difference: downscaling uses INTER_AREA (insightface: INTER_LINEAR),
 which does not alias on large photos; upscaling stays INTER_LINEAR, as theirs.
-Images are RGB here; insightface takes BGR and swaps, so the blobs are equal.
+Both are computed in numpy (preprocess.py), as is the 68-point model's crop (align.warp):
+no OpenCV. Images are RGB here; insightface takes BGR and swaps, so the blobs are equal.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
+from .align import landmarks68_to_5, warp
 from .dlib_detector import load_dlib_detector
 from .images import to_rgb_uint8
 from .onnx import make_session, normalises_itself, read_graph_summary
+from .preprocess import resized_strips, to_blob
 
 KNOWN_DETECTORS = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")  # buffalo_l, antelopev2
 LANDMARK68 = "1k3d68.onnx"
@@ -42,7 +44,6 @@ class Face:
         """(5, 2) points for alignment: the official 68->5 reduction when 68 points exist."""
         if self.landmarks68 is None:
             return self.landmarks5
-        from .align import landmarks68_to_5  # lazy: align imports torch, which detection never needs
         return landmarks68_to_5(self.landmarks68)
 
 
@@ -149,12 +150,15 @@ class FaceDetector:
         else:
             new_h, new_w = max(1, int(in_w * im_ratio)), in_w
         det_scale = float(new_h) / rgb.shape[0]
-        interp = cv2.INTER_AREA if new_h < rgb.shape[0] else cv2.INTER_LINEAR
-        canvas = np.zeros((in_h, in_w, 3), np.uint8)
-        canvas[:new_h, :new_w] = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
-        blob = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # CHW first: the copy is the cast
-        blob -= 127.5
-        blob *= 1.0 / 128.0  # exact (a power of two), so equal to blobFromImage's (x - mean) * scale
+        # the resize is written straight into the blob, strip by strip, normalised like the
+        # black padding: (x - 127.5) / 128 of the uint8 canvas insightface would build
+        mean, scale = np.float32(127.5), np.float32(1.0 / 128.0)
+        blob = np.empty((1, 3, in_h, in_w), np.float32)
+        blob[0, :, new_h:] = blob[0, :, :new_h, new_w:] = -mean * scale
+        for r0, r1, block in resized_strips(rgb, new_w, new_h):
+            block -= mean
+            block *= scale
+            blob[0, :, r0:r1, :new_w] = block.transpose(2, 1, 0)
         return blob, det_scale
 
     def _decode(self, outs, in_h, in_w):
@@ -188,14 +192,13 @@ class FaceDetector:
         w, h = b[2] - b[0], b[3] - b[1]
         cx, cy = (b[2] + b[0]) / 2, (b[3] + b[1]) / 2
         s = np.float32(size) / (max(w, h) * np.float32(1.5))  # float32, as insightface computes it
-        m = np.array([[s, 0.0, size / 2 - float(cx * s)], [0.0, s, size / 2 - float(cy * s)]])
-        crop = cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
-        blob = (crop.astype(np.float32) - self.lmk_mean) / self.lmk_std
-        blob = np.ascontiguousarray(blob.transpose(2, 0, 1)[None])
+        m = np.array([[s, 0.0, size / 2 - float(cx * s)], [0.0, s, size / 2 - float(cy * s)], [0.0, 0.0, 1.0]])
+        crop = warp(rgb, m, size)  # Landmark.get's warpAffine: bilinear, black border
+        blob = to_blob([crop], self.lmk_mean, self.lmk_std)
         pred = self.lmk_session.run(None, {self.lmk_input_name: blob})[0][0]
         pred = pred.reshape(-1, 3)[-68:, :2].astype(np.float64)  # 1103 (x, y, z) rows; the last 68 are iBUG-68
         pts = (pred + 1.0) * (size // 2)
-        inv = cv2.invertAffineTransform(m)
+        inv = np.linalg.inv(m)[:2]  # crop pixels -> source pixels
         return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
@@ -297,6 +300,12 @@ def load_detector(pack_dir, use_landmarks68=True, device="auto", **kw) -> FaceDe
                  device, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
 
 
+def index_order(faces) -> list[Face]:
+    """The faces in the order a face index counts them: largest box first (0 = largest); the sort
+    is stable, so equal areas keep the detector's order (highest score first)."""
+    return sorted(faces, key=lambda f: -f.area)
+
+
 def select_face(faces, policy="largest", image_name="image") -> Face:
     """One face: "largest" (box area, the default), "confident" (detector score), or an int index
     into the faces ordered largest first (0 = largest, 1 = second largest, ...)."""
@@ -304,7 +313,7 @@ def select_face(faces, policy="largest", image_name="image") -> Face:
         raise NoFaceError(
             f"No face found in {image_name}. Use a clearer photo where the face is larger, frontal and "
             f"well lit, lower the detection threshold, or crop the image around the face.")
-    by_area = sorted(faces, key=lambda f: -f.area)  # stable: equal areas keep score order
+    by_area = index_order(faces)
     if policy == "largest":
         return by_area[0]
     if policy == "confident":

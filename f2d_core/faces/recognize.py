@@ -5,9 +5,9 @@ own encoder): buffalo_l's w600k_r50.onnx or antelopev2's glintr100.onnx, or any 
 recognition model on a square 112 (or 128) input. Run as insightface's ArcFaceONNX does:
 - the face is aligned from its 5 keypoints (SCRFD's, as insightface's FaceAnalysis passes them)
   by face_align.norm_crop: a similarity fit to the ArcFace template, bilinear warp, black border;
-- the blob is cv2.dnn.blobFromImages(crops, 1/std, size, mean): RGB (insightface swaps its BGR),
-  (x - 127.5) / 127.5, or raw pixels when the graph normalises itself (Sub and Mul among its
-  first 8 nodes: the mxnet exports);
+- the blob is OpenCV's dnn.blobFromImages(crops, 1/std, size, mean), here preprocess.to_blob:
+  RGB (insightface swaps its BGR), (x - 127.5) / 127.5, or raw pixels when the graph normalises
+  itself (Sub and Mul among its first 8 nodes: the mxnet exports);
 - the embedding is the model's single output; `embeddings()` L2-normalises it.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, ModelFilesMissing
+from ..errors import CheckpointError, F2DError, ModelFilesMissing
+from .align import ARCFACE_TEMPLATE as ARCFACE_TEMPLATE_112
+from .align import similarity_matrix, warp
 from .onnx import make_session, normalises_itself, read_graph_summary
+from .preprocess import to_blob
 
 KNOWN_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")  # buffalo_l, antelopev2
-ARCFACE_TEMPLATE_112 = np.array(  # = align.ARCFACE_TEMPLATE; repeated so detection needs no torch
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32)
 _BATCH = 32
 
 
@@ -65,22 +65,25 @@ class ArcFaceRecognizer:
 
     def align(self, image_rgb: np.ndarray, landmarks5) -> np.ndarray:
         """insightface face_align.norm_crop: uint8 RGB (size, size, 3) crop of the face."""
-        from .align import similarity_matrix, warp  # lazy: align imports torch
         matrix = similarity_matrix(np.asarray(landmarks5, np.float32), _template(self.input_size))
         return warp(image_rgb, matrix, self.input_size)
 
     def features(self, crops) -> np.ndarray:
         """Raw model outputs (N, D) float32 for aligned uint8 RGB crops (what insightface's get_feat returns)."""
-        import cv2
-        crops = [np.ascontiguousarray(c) for c in crops]
+        crops = [np.asarray(c) for c in crops]
         if not crops:
             return np.zeros((0, 0), np.float32)
+        want = (self.input_size, self.input_size, 3)
+        for i, c in enumerate(crops):
+            if c.shape != want or c.dtype != np.uint8:
+                raise F2DError(
+                    f"face crop {i + 1} for {self.name} is {c.dtype} {c.shape}, but this model takes uint8 RGB "
+                    f"crops shaped {want}. Crop the faces with ArcFaceRecognizer.align (it gives that size).")
         step = self.fixed_batch or _BATCH
         out = []
         for i in range(0, len(crops), step):
-            blob = cv2.dnn.blobFromImages(crops[i:i + step], 1.0 / self.input_std, (self.input_size,) * 2,
-                                          (self.input_mean,) * 3, swapRB=False)
-            out.append(self.session.run([self.output_name], {self.input_name: blob.astype(np.float32)})[0])
+            blob = to_blob(crops[i:i + step], self.input_mean, self.input_std)
+            out.append(self.session.run([self.output_name], {self.input_name: blob})[0])
         return np.concatenate(out).reshape(len(crops), -1).astype(np.float32)
 
     def embeddings(self, crops) -> np.ndarray:
