@@ -22,29 +22,18 @@ def _device(name: str) -> str:
     return name
 
 
-def _read_image(path: str):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise F2DError(f"{path}: image not found.") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise F2DError(f"{path}: not a readable image ({e}). Use a JPEG or PNG photo.") from None
-
-
 def cmd_encode(args) -> int:
     from .faces.detect import load_detector
     from .identity.encoder import load_encoder
     from .identity.face_file import SUFFIX
     from .weights.files import find_models
     from .choices import face_policy
-    from .identity.pipeline import encode_images
+    from .faces.images import read_image
+    from .identity.pipeline import MIN_FACE_PX, encode_images
     out = args.out if args.out.endswith(SUFFIX) else args.out + SUFFIX
     check_output_path(out, "--out")  # before minutes of encoding, not after
     models = find_models(args.models, pack=args.pack)
-    images = [_read_image(p) for p in args.image]
+    images = [read_image(p) for p in args.image]  # as LoadImage sees them
     device = _device(args.device)
     encoder = load_encoder(models["msid"], models["mapping"], device=device)
     # onnxruntime picks its own provider: "auto" must not demand CUDA from the CPU build
@@ -52,6 +41,7 @@ def cmd_encode(args) -> int:
     policy = face_policy("index", int(args.face)) if args.face.isdigit() else \
         face_policy({"confident": "most confident"}.get(args.face, args.face))
     identity = encode_images(encoder, images, detector, policy=policy, on_no_face=args.on_no_face,
+                             min_face_px=MIN_FACE_PX if args.min_face_px is None else args.min_face_px,
                              names=[os.path.basename(p) for p in args.image],
                              progress=lambda i, n: print(f"  face {i}/{n}", file=sys.stderr))
     identity.save(out)
@@ -83,6 +73,8 @@ def main(argv=None) -> int:
                    help="which face per photo: largest, confident (the detector's most confident), or an index "
                         "(0 = largest)")
     e.add_argument("--on-no-face", default="error", choices=("error", "skip"))
+    e.add_argument("--min-face-px", type=float, default=None,
+                   help="smallest face encoded, in pixels on its box's longer side (default 32; 0 allows any)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     e.set_defaults(fn=cmd_encode)
     c = sub.add_parser("convert", help="official .pt -> .safetensors (kind detected from the keys)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import comfy.model_management as mm
 import torch
 from comfy_api.v0_0_2 import io
 
@@ -55,7 +56,8 @@ class F2DExpressionEmbed(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder, mode=NEUTRAL, strength=1.0, vector="", reference=None):
-        null = encoder.null_exp.float()
+        with encoder.loaded() as f2d:
+            null = f2d.null_exp.cpu()  # float32
         if not 0.0 <= float(strength) <= 2.0:
             raise F2DError(f"strength must lie in [0, 2], got {strength}")
         if mode == NEUTRAL:
@@ -69,7 +71,9 @@ class F2DExpressionEmbed(io.ComfyNode):
                 raise F2DError("mode 'from reference image(s)' needs the Deep3DFaceRecon weights: put "
                                "epoch_20.pth in models/face2diffusion and choose it as expression_model in "
                                "Load Face2Diffusion Encoder (see the pack's README).")
-            target, name = encoder.reference_expression(reference).mean(0), "expression of the reference image(s)"
+            target = encoder.reference_expression(reference,
+                                                  check_interrupt=mm.throw_exception_if_processing_interrupted)
+            target, name = target.mean(0), "expression of the reference image(s)"
         else:
             raise F2DError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         vector = expression_from_strength(null, target, strength, name)

@@ -62,10 +62,10 @@ class F2DInjectFaceToken(io.ComfyNode):
         if clip is None:
             raise F2DError("clip input is invalid: None. Connect the CLIP output of an SD1.x checkpoint loader.")
         exp = None if expression is None else expression.vector
-        with (encoder.loaded() if encoder is not None else nullcontext()) as mapping:
-            subjects = [Subject(*subject_tokens(face, mapping, exp, "face"), trigger, "face")]
+        with (encoder.loaded() if encoder is not None else nullcontext()) as f2d:  # tokens come back on the CPU
+            subjects = [Subject(*subject_tokens(face, f2d, exp, "face"), trigger, "face")]
             if face_2 is not None:
-                subjects.append(Subject(*subject_tokens(face_2, mapping, None, "face_2"), trigger_2, "face_2"))
+                subjects.append(Subject(*subject_tokens(face_2, f2d, None, "face_2"), trigger_2, "face_2"))
         tokens = clip.tokenize(text)
         require_sd1(tokens.keys())  # before reaching for the CLIP-L parts below
         tokenizer = clip.tokenizer.clip_l

@@ -24,6 +24,7 @@ from f2d_core.weights.checkpoint import convert, expected_shapes, load_checkpoin
 from f2d_core.faces.detect import Face, FaceDetector
 from f2d_core.identity.expression import (LM3D_TEMPLATE, align_for_recon, expression_from_strength,
                                           load_expression_model, recon_points)
+from f2d_core.identity.pipeline import encode_images
 from f2d_core.models.deep3d import split_coefficients
 
 HEADS = [80, 64, 80, 3, 27, 2, 1]  # id, exp, tex, angle, gamma, (tx, ty), tz
@@ -316,22 +317,69 @@ def test_expression_is_the_exp_slice_of_the_crops_coefficients(regressor, detect
     torch.testing.assert_close(regressor.expression(batch, detector), exp, atol=1e-5, rtol=0)
 
 
+def faceless(h=300, w=300, seed=3):
+    """No face for the synthetic detector (the dark texture alone), and not blank."""
+    return smooth_noise(h, w, seed) // 4
+
+
 def test_no_face_in_the_expression_reference_names_the_image(regressor, detector):
     with pytest.raises(NoFaceError, match="Expression reference: No face found in smile.jpg"):
-        regressor.expression([photo(8, 8), np.zeros((300, 300, 3), np.uint8)], detector,
-                             names=["me.jpg", "smile.jpg"])
-    crops, info, skipped = regressor.crops([np.zeros((300, 300, 3), np.uint8), photo(8, 8)], detector,
+        regressor.expression([photo(8, 8), faceless()], detector, names=["me.jpg", "smile.jpg"])
+    crops, info, skipped = regressor.crops([faceless(), photo(8, 8)], detector,
                                            names=["empty.png", "smile.jpg"], on_no_face="skip")
     assert len(crops) == 1 and info[0]["image"] == "smile.jpg" and skipped[0]["image"] == "empty.png"
     with pytest.raises(NoFaceError, match="no face was found in any of the 1 images"):
-        regressor.expression([np.zeros((64, 64, 3), np.uint8)], detector, on_no_face="skip")
+        regressor.expression([faceless(64, 64)], detector, on_no_face="skip")
 
 
 def test_without_a_detector_images_must_be_deep3d_crops(regressor):
     crop = smooth_noise(224, 224, seed=1)
     torch.testing.assert_close(regressor.expression([crop]), regressor.predict(crop)[:, 80:144])
     with pytest.raises(F2DError, match="must be 224x224 Deep3DFaceRecon crops, but this one is 640x480"):
-        regressor.expression([np.zeros((480, 640, 3), np.uint8)])
+        regressor.expression([smooth_noise(480, 640, seed=2)])
+
+
+# --- the same photos refused as Encode Face refuses them (identity.picking) --------------------
+
+def unusable_photos(tmp_path):
+    """{name: photo}: blank, saturated (a 16-bit grayscale PNG as ComfyUI's Load Image reads it) and
+    a 16x16 face (one stride-8 cell of the synthetic detector) in a 640 photo."""
+    levels = np.linspace(0, 65535, 256 * 256).astype(np.uint16).reshape(256, 256)
+    Image.fromarray(levels).save(tmp_path / "gray16.png")
+    tiny = om.paint_face(faceless(640, 640, seed=4), 8, 20, 20)
+    return {"grey.png": np.full((300, 300, 3), 128, np.uint8),
+            "gray16.png": np.array(Image.open(tmp_path / "gray16.png").convert("RGB")), "small.jpg": tiny}
+
+
+@pytest.mark.parametrize("name, says", [
+    ("grey.png", r"^grey\.png is blank: the whole image is one flat colour"),
+    ("gray16.png", r"^gray16\.png is saturated: 99\.6% of its pixels are pure white"),
+    ("small.jpg", r"^small\.jpg: the face is only 16x16 pixels .*too small to encode.* set min_face_px to 0 to allow "
+                  r"any size\.$"),
+])
+def test_the_expression_reference_refuses_what_encode_refuses_with_the_same_message(
+        regressor, detector, encoder, tmp_path, name, says):
+    image = unusable_photos(tmp_path)[name]
+    with pytest.raises(NoFaceError, match=says) as encoding:
+        encode_images(encoder, [photo(8, 8), image], detector, names=["me.jpg", name])
+    with pytest.raises(NoFaceError) as expression:
+        regressor.expression([photo(8, 8), image], detector, names=["me.jpg", name])
+    assert str(expression.value) == f"Expression reference: {encoding.value}"
+    crops, info, skipped = regressor.crops([image, photo(8, 8)], detector, names=[name, "me.jpg"], on_no_face="skip")
+    assert len(crops) == 1 and info[0]["image"] == "me.jpg"
+    assert skipped == [{"image": name, "index": 0, "reason": str(encoding.value)}]
+
+
+def test_min_face_px_0_lets_the_expression_reference_use_a_small_face(regressor, detector, tmp_path):
+    tiny = unusable_photos(tmp_path)["small.jpg"]
+    assert regressor.expression([tiny], detector, min_face_px=0).shape == (1, 64)
+    with pytest.raises(F2DError, match="min_face_px must be 0 .any size. or more, got -1"):
+        regressor.expression([tiny], detector, min_face_px=-1)
+
+
+def test_a_blank_deep3d_crop_is_refused_without_a_detector_too(regressor):
+    with pytest.raises(NoFaceError, match=r"^Expression reference: expression image 1 of 1 is blank"):
+        regressor.expression([np.zeros((224, 224, 3), np.uint8)])
 
 
 # --- strength ----------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ def photo(cx, cy, blue=60, size=640):
     return img
 
 
+def faceless(size=300):
+    """A photo with no face for the test detector (red 0 everywhere), not blank: a blue gradient."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:, :, 2] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
+    return img
+
+
 def test_identity_is_the_mean_of_the_faces_features(encoder, detector):
     imgs = [photo(5, 5), photo(10, 8, blue=120)]
     ident = encode_images(encoder, imgs, detector)
@@ -60,8 +67,7 @@ def test_a_comfyui_image_batch_is_accepted(encoder, detector):
 
 def test_no_face_stops_with_the_images_name_by_default(encoder, detector):
     with pytest.raises(NoFaceError, match="No face found in holiday.jpg"):
-        encode_images(encoder, [photo(5, 5), np.zeros((300, 300, 3), np.uint8)], detector,
-                      names=["me.jpg", "holiday.jpg"])
+        encode_images(encoder, [photo(5, 5), faceless()], detector, names=["me.jpg", "holiday.jpg"])
 
 
 def test_skip_leaves_faceless_images_out_and_says_so(encoder, detector):
@@ -201,9 +207,128 @@ def test_the_identity_records_which_detector_found_the_faces(encoder, detector, 
     assert ident.meta["detector"] == "det_10g.onnx" == detector.name and detector.paths == (str(det_path),)
     back = FaceIdentity.load(ident.save(tmp_path / "me.f2d.safetensors"))
     assert back.meta["detector"] == "det_10g.onnx"  # what Save Face writes, not null
-    assert encode_images(encoder, [np.zeros((112, 112, 3), np.uint8)], None).meta["detector"] is None
+    assert encode_images(encoder, [photo(1, 1)[:112, :112]], None).meta["detector"] is None
 
 
 def test_a_detector_with_68_point_landmarks_names_both_files(det_path, tmp_path):
     lmk = om.save(om.landmark68_model(), tmp_path / "1k3d68.onnx")
     assert FaceDetector(det_path, lmk, device="cpu").name == "det_10g.onnx + 1k3d68.onnx"
+
+
+# --- photos no face can be taken from (issue 10 item 5) ------------------------------------------
+
+def sixteen_bit_as_load_image_gives_it(tmp_path):
+    """A 16-bit grayscale PNG through ComfyUI LoadImage's conversion (convert("RGB") clips 'I;16')."""
+    levels = np.linspace(0, 65535, 256 * 256).astype(np.uint16).reshape(256, 256)
+    Image.fromarray(levels).save(tmp_path / "gray16.png")
+    return np.array(Image.open(tmp_path / "gray16.png").convert("RGB"))
+
+
+def test_a_blank_photo_is_refused_by_name(encoder, detector):
+    grey = np.full((300, 300, 3), 128, np.uint8)
+    with pytest.raises(NoFaceError, match=r"^grey\.png is blank: the whole image is one flat colour "
+                                          r"RGB\(128, 128, 128\)"):
+        encode_images(encoder, [photo(5, 5), grey], detector, names=["me.jpg", "grey.png"])
+    with pytest.raises(NoFaceError, match=r"^image 1 of 1 is blank"):  # aligned crops are checked too
+        encode_images(encoder, [np.zeros((112, 112, 3), np.uint8)], None)
+
+
+def test_a_saturated_photo_is_refused_by_name_with_the_16_bit_cause(encoder, detector, tmp_path):
+    white = sixteen_bit_as_load_image_gives_it(tmp_path)
+    with pytest.raises(NoFaceError, match=r"^image 2 of 2 is saturated: 99\.6% of its pixels are pure white\. "
+                                          r"ComfyUI's Load Image does this to 16-bit grayscale PNGs"):
+        encode_images(encoder, [photo(5, 5), white], detector)
+
+
+def tiny_face_photo():
+    """One 16x16 face (a stride-8 cell of the test detector) in a 640 photo."""
+    img = photo(0, 0)
+    img[:32, :32] = 0
+    return om.paint_face(img, 8, 20, 20)
+
+
+def test_a_face_under_min_face_px_is_refused_by_name(encoder, detector):
+    assert max(detector.detect(tiny_face_photo())[0].box[2:] - detector.detect(tiny_face_photo())[0].box[:2]) < 32
+    with pytest.raises(NoFaceError, match=r"^small\.jpg: the face is only 16x16 pixels \(at x=156, y=158\); "
+                                          r"faces under 32 pixels on their longer side are too small to encode "
+                                          r"\(the 112x112 crop would be mostly upscaled blur\)\. Use a photo where "
+                                          r"the face is larger, or set min_face_px to 0 to allow any size\.$"):
+        encode_images(encoder, [tiny_face_photo()], detector, names=["small.jpg"])
+
+
+def test_min_face_px_0_or_lower_allows_a_small_face(encoder, detector):
+    assert encode_images(encoder, [tiny_face_photo()], detector, min_face_px=0).num_faces == 1
+    assert encode_images(encoder, [tiny_face_photo()], detector, min_face_px=16).num_faces == 1
+    with pytest.raises(NoFaceError, match="the face is only 94x94 pixels"):  # the option cuts both ways
+        encode_images(encoder, [photo(5, 5)], detector, min_face_px=100)
+    with pytest.raises(F2DError, match="min_face_px must be 0 .any size. or more, got -1"):
+        encode_images(encoder, [photo(5, 5)], detector, min_face_px=-1)
+
+
+def test_skip_leaves_blank_saturated_and_tiny_photos_out_with_their_reasons(encoder, detector, tmp_path):
+    ident = encode_images(encoder, [np.zeros((64, 64, 3), np.uint8), sixteen_bit_as_load_image_gives_it(tmp_path),
+                                    tiny_face_photo(), photo(5, 5)], detector, on_no_face="skip",
+                          names=["black.png", "gray16.png", "small.jpg", "me.jpg"])
+    assert ident.num_faces == 1 and [f["image"] for f in ident.meta["faces"]] == ["me.jpg"]
+    reasons = {s["image"]: s["reason"] for s in ident.meta["skipped"]}
+    assert "black.png is blank" in reasons["black.png"] and "gray16.png is saturated" in reasons["gray16.png"]
+    assert "the face is only 16x16 pixels" in reasons["small.jpg"]
+
+
+# --- one phone photo, the CLI and the node see the same face ---------------------------------------
+
+def phone_photo(path, upright):
+    """`upright` as a phone stores it: pixels turned a quarter to the left, EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(path, "JPEG", quality=95, exif=exif)
+    return str(path)
+
+
+def textured_photo(h=480, w=640):
+    """One face (a stride-32 cell) on a background with detail around it, red kept under the
+    detector's 0.5 score."""
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+    img[:, :, 0] //= 3
+    img[3 * 32:4 * 32, 12 * 32:13 * 32] = (255, om.STRIDE_GREEN[32], 60)
+    return img
+
+
+def test_an_exif_rotated_phone_photo_gives_the_cli_and_the_node_the_same_crop(models_dir, encoder, detector,
+                                                                              tmp_path):
+    """CLI: `encode` on the file. Node: ComfyUI LoadImage's conversion (nodes.py: exif_transpose,
+    convert("RGB"), /255) into what F2DEncodeFace calls. ComfyUI itself: tests/host."""
+    from PIL import ImageOps
+    upright = textured_photo()
+    path = phone_photo(tmp_path / "phone.jpg", upright)
+    r = run_cli("encode", "--image", path, "--models", str(models_dir), "--out", str(tmp_path / "me"),
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    cli = FaceIdentity.load(tmp_path / "me.f2d.safetensors")
+    loaded = np.array(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(np.float32) / 255.0
+    node = encode_images(encoder, torch.from_numpy(loaded)[None], detector)
+    assert torch.equal(cli.aligned, node.aligned)
+    torch.testing.assert_close(cli.features, node.features)
+    sideways = encode_images(encoder, [np.asarray(Image.open(path).convert("RGB"))], detector)
+    assert (sideways.aligned.float() - node.aligned.float()).abs().mean() > 5  # what ignoring EXIF gave
+
+
+def test_encode_command_refuses_a_truncated_photo(models_dir, tmp_path):
+    Image.fromarray(photo(5, 5)).save(tmp_path / "me.jpg", quality=95)
+    data = (tmp_path / "me.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    r = run_cli("encode", "--image", str(tmp_path / "cut.jpg"), "--models", str(models_dir), "--out",
+                str(tmp_path / "x"), "--device", "cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'cut.jpg'}: the image file is truncated (the file ends early)" in r.stderr
+
+
+def test_encode_command_min_face_px_allows_a_small_face(models_dir, tmp_path):
+    Image.fromarray(tiny_face_photo()).save(tmp_path / "small.png")
+    args = ["encode", "--image", str(tmp_path / "small.png"), "--models", str(models_dir), "--out",
+            str(tmp_path / "s"), "--device", "cpu"]
+    r = run_cli(*args)
+    assert r.returncode == 2 and "small.png: the face is only 16x16 pixels" in r.stderr
+    r = run_cli(*args, "--min-face-px", "0")
+    assert r.returncode == 0, r.stderr

@@ -11,9 +11,10 @@ import hashlib
 import io
 import os
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import F2DError
+from ..faces.images import read_image
 from .workflow import WorkflowError, find_nodes, is_link
 
 FACE_ENCODER = "F2DEncodeFace"
@@ -23,17 +24,10 @@ def _open(path: str):
     try:
         with open(path, "rb") as f:
             data = f.read()
-        im = Image.open(io.BytesIO(data))
-        im.load()
     except FileNotFoundError:
         raise F2DError(f"{path}: face photo not found.") from None
-    except UnidentifiedImageError:  # its own message names the BytesIO, not the file
-        raise F2DError(f"{path}: not a readable image (not in an image format Pillow knows). "
-                       "Use a JPEG or PNG photo.") from None
-    except OSError as e:
-        raise F2DError(f"{path}: not a readable image ({e}). Use a JPEG or PNG photo.") from None
-    # LoadImage applies the EXIF rotation too, so sizes must be compared after it
-    return data, ImageOps.exif_transpose(im)
+    # what LoadImage will see (EXIF rotation applied, so sizes are compared after it); a damaged file stops here
+    return data, Image.fromarray(read_image(path, data))
 
 
 def _name(path: str, data: bytes, ext: str) -> str:

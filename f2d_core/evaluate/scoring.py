@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics
 from ..errors import NoFaceError
-from ..faces.images import to_rgb_uint8
+from ..faces.images import read_image
 from .jobs import Job, subject_text
 
 NEUTRAL_TEXT = "A photo of a person"  # p_r of Eq. 13
@@ -39,9 +39,7 @@ COLUMNS = ["face", "prompt_index", "prompt", "seed", "file", "face_found", "no_f
 
 
 def _read(path: str) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im:
-        return to_rgb_uint8(np.asarray(im.convert("RGB")), os.path.basename(path))
+    return read_image(path)  # what LoadImage gave the encoder: EXIF rotation applied, 16-bit scaled
 
 
 class Scorer:

@@ -1,15 +1,33 @@
 """Bring any image a user can hand us to one form: uint8 RGB, HWC, contiguous.
 
-Accepted: numpy arrays or torch tensors, uint8 (0..255) or float (0..1, ComfyUI's
-IMAGE), shaped HW (gray), HWC with C in {1, 3, 4}, or 1HWC (a batch of one).
-Gray is repeated to RGB; RGBA drops alpha, as PIL's convert("RGB") does in the
-official pipeline.
+to_rgb_uint8 takes arrays: numpy arrays or torch tensors, uint8 (0..255) or float (0..1,
+ComfyUI's IMAGE), shaped HW (gray), HWC with C in {1, 3, 4}, or 1HWC (a batch of one).
+Gray is repeated to RGB; RGBA drops alpha, as PIL's convert("RGB") does in the official
+pipeline.
+
+read_image takes files, and sees what ComfyUI's LoadImage sees, so the CLI, the runner and
+the scorer encode the same pixels as the nodes (see its docstring for the two deliberate
+differences). check_photo refuses images that cannot hold a usable face: blank or saturated.
 """
 from __future__ import annotations
 
-import numpy as np
+import io
+import math
+import os
 
-from ..errors import F2DError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import F2DError, NoFaceError
+
+# A photo of a face spreads its levels widely (tens of levels of standard deviation); JPEG noise on a
+# flat colour is about one level. Below this in every channel the image is one flat colour.
+BLANK_STD = 2.0
+# Share of pure white (255, 255, 255) pixels above which an image is saturated: ComfyUI's LoadImage
+# clips a 16-bit grayscale PNG to this (99.6% white for a full-range gradient). A face on a pure
+# white backdrop still leaves far more than 5% of the picture not pure white.
+SATURATED_FRACTION = 0.95
+_CHECK_PIXELS = 1 << 20  # the checks look at about a million pixels, every n-th row and column
 
 
 def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
@@ -60,3 +78,89 @@ def as_list(images) -> list:
     if hasattr(images, "ndim") and images.ndim == 4:
         return [images[i] for i in range(images.shape[0])]
     return [images]
+
+
+def read_image(path, data: bytes | None = None) -> np.ndarray:
+    """The photo in a file as ComfyUI's LoadImage gives it to a node: uint8 RGB, HWC.
+
+    Like LoadImage (ComfyUI nodes.py): the EXIF orientation is applied (ImageOps.exif_transpose,
+    so phone photos stand upright), 32-bit integer images ('I') are scaled by 1/255 as it does,
+    and every other mode goes through PIL's convert("RGB"): palette images ('P', transparency
+    ignored), RGBA and LA (alpha dropped, not composited), CMYK, '1', 'L'. Only the first frame
+    is read (LoadImage batches the frames of an animation; a photo has one).
+    Two deliberate differences, both of which LoadImage would turn into silent wrong pixels:
+    - 16-bit grayscale ('I;16*', e.g. a 16-bit PNG) is scaled 0..65535 -> 0..255; LoadImage
+      clips it, which makes nearly every pixel white (check_photo then refuses it in the node).
+    - A truncated or damaged file is an error naming it; LoadImage fills the missing part.
+    data: the file's bytes when the caller has already read them (path then only names it).
+    """
+    name = os.fspath(path)
+    if data is None:
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise F2DError(f"{name}: image not found. Check the path.") from None
+        except IsADirectoryError:
+            raise F2DError(f"{name}: is a folder, not an image file. Give the photo's file.") from None
+        except OSError as e:
+            raise F2DError(f"{name}: cannot be read ({e.strerror or e}).") from None
+    try:
+        im = Image.open(io.BytesIO(data))
+        im = ImageOps.exif_transpose(im)  # LoadImage's own call; it also decodes the pixels
+        im.load()
+    except UnidentifiedImageError:  # its own message names the BytesIO, not the file
+        raise F2DError(f"{name}: not a readable image (not in an image format Pillow knows). "
+                       "Use a JPEG or PNG photo.") from None
+    except Image.DecompressionBombError as e:
+        raise F2DError(f"{name}: too large to read safely ({e}). Scale the photo down first.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        what = "truncated (the file ends early)" if "truncated" in str(e).lower() else "damaged"
+        raise F2DError(f"{name}: the image file is {what}: {e}. Copy or export the photo again; "
+                       "a partly decoded photo would give a wrong identity.") from None
+    return pil_to_rgb(im)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 RGB HWC, converted as read_image describes."""
+    if im.mode.startswith("I;16"):
+        levels = np.asarray(im).astype(np.uint32)
+        gray = ((levels * 255 + 32767) // 65535).astype(np.uint8)  # rounded, 65535 -> 255 exactly
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if im.mode == "I":
+        im = im.point(lambda i: i * (1 / 255))  # LoadImage's rule for 'I', kept to see what it sees
+    return np.array(im.convert("RGB"))
+
+
+def check_photo(rgb: np.ndarray, name: str = "image") -> None:
+    """Refuse an image no face can be taken from: blank (one flat colour, BLANK_STD) or saturated
+    (over SATURATED_FRACTION pure white). NoFaceError, so on_no_face="skip" can leave it out."""
+    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // _CHECK_PIXELS))
+    sample = rgb[::step, ::step]
+    spread = float(sample.reshape(-1, sample.shape[-1]).std(axis=0).max())
+    if spread < BLANK_STD:
+        colour = tuple(int(v) for v in np.median(sample.reshape(-1, sample.shape[-1]), axis=0))
+        raise NoFaceError(
+            f"{name} is blank: the whole image is one flat colour RGB{colour} (spread {spread:.1f} levels, a "
+            f"photo has tens). Connect the photo of the person; if it comes from another node, check that "
+            "node's output.")
+    white = float((sample == 255).all(axis=-1).mean())
+    if white > SATURATED_FRACTION:
+        raise NoFaceError(
+            f"{name} is saturated: {white:.1%} of its pixels are pure white. ComfyUI's Load Image does this to "
+            "16-bit grayscale PNGs; save the photo as an 8-bit PNG or a JPEG and load that (an over-exposed "
+            "photo cannot be used either).")
+
+
+def photos_from_inputs(inputs) -> tuple[list, list[str]]:
+    """([photo, ...], [name, ...]) from several image inputs, [(input name, images or None), ...],
+    each a list, a batch or one image, kept as they are: photos of different sizes are never
+    resized or cropped to each other (core Batch Images would crop them). Names say where a photo
+    came from: "image 2 of 3" with one input, "image_2" or "image_2, photo 1 of 2" with several."""
+    given = [(label, as_list(images)) for label, images in inputs if images is not None]
+    photos = [p for _, batch in given for p in batch]
+    if len(given) == 1:
+        return photos, [f"image {k} of {len(photos)}" for k in range(1, len(photos) + 1)]
+    names = [label if len(batch) == 1 else f"{label}, photo {k} of {len(batch)}"
+             for label, batch in given for k in range(1, len(batch) + 1)]
+    return photos, names

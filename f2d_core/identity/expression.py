@@ -26,11 +26,10 @@ from PIL import Image
 
 from ..models.deep3d import EXP_SLICE, ReconNet
 from ..weights.checkpoint import load_checkpoint
-from ..choices import ON_NO_FACE
 from ..errors import F2DError, NoFaceError
-from ..faces.detect import select_face
 from ..faces.images import as_list, to_rgb_uint8
 from .bounds import EXPRESSION_LIMIT, require_finite
+from .picking import MIN_FACE_PX, CropSpec, pick_faces
 
 RECON_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -123,6 +122,12 @@ def to_recon_pixels(crops) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float() / 255.0
 
 
+DEEP3D_CROP = CropSpec(
+    RECON_SIZE, lambda rgb, face, name: align_for_recon(rgb, recon_points(face), name)[0],
+    "{name}: without a face detector, expression images must be 224x224 Deep3DFaceRecon crops, but this one is "
+    "{width}x{height}. Choose an insightface detector pack so the face is found and cropped.")
+
+
 # ---- loading and use ----------------------------------------------------------------------
 
 class ExpressionRegressor:
@@ -141,42 +146,22 @@ class ExpressionRegressor:
     def dtype(self) -> torch.dtype:
         return self.net.final_layers[0].weight.dtype
 
-    def crops(self, images, detector=None, policy="largest", names=None, on_no_face="error"):
+    def crops(self, images, detector=None, policy="largest", names=None, on_no_face="error",
+              min_face_px=MIN_FACE_PX, progress=None, check_interrupt=None):
         """(crops uint8 (N, 224, 224, 3), one info dict per crop, skipped: [info]). detector: a
-        detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops."""
-        if on_no_face not in ON_NO_FACE:
-            raise F2DError(f"on_no_face must be 'error' or 'skip', got {on_no_face!r}")
+        detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops.
+        The faces are picked as the identity pipeline picks them (picking.pick_faces: the same
+        blank, saturated, no-face and min_face_px checks), errors prefixed "Expression reference: "."""
         images = as_list(images)
         if not images:
             raise F2DError("no expression reference image was given; connect at least one photo.")
         names = list(names) if names else [f"expression image {i + 1} of {len(images)}" for i in range(len(images))]
-        crops, info, skipped = [], [], []
-        for i, (image, name) in enumerate(zip(images, names)):
-            rgb = to_rgb_uint8(image, name)
-            if detector is None:
-                if rgb.shape[:2] != (RECON_SIZE, RECON_SIZE):
-                    raise F2DError(f"{name}: without a face detector, expression images must be 224x224 "
-                                   f"Deep3DFaceRecon crops, but this one is {rgb.shape[1]}x{rgb.shape[0]}. "
-                                   "Choose an insightface detector pack so the face is found and cropped.")
-                crops.append(rgb)
-                info.append({"image": name, "index": i, "aligned_input": True})
-                continue
-            found = detector.detect(rgb, name)
-            try:
-                face = select_face(found, policy, name)
-            except NoFaceError as e:
-                if on_no_face == "error":
-                    raise NoFaceError(f"Expression reference: {e}") from None
-                skipped.append({"image": name, "index": i, "reason": str(e)})
-                continue
-            crops.append(align_for_recon(rgb, recon_points(face), name)[0])
-            info.append({"image": name, "index": i, "box": [round(float(v), 1) for v in face.box],
-                         "faces_in_image": len(found),
-                         "landmarks": "68-point" if face.landmarks68 is not None else "5-point"})
-        if not crops:
-            raise NoFaceError(f"Expression reference: no face was found in any of the {len(images)} images "
-                              f"({', '.join(names[:5])}). Use a clear photo with a visible face.")
-        return np.stack(crops), info, skipped
+        try:
+            picked = pick_faces(images, detector, DEEP3D_CROP, policy, on_no_face, names, min_face_px, progress,
+                                check_interrupt)
+        except NoFaceError as e:
+            raise NoFaceError(f"Expression reference: {e}") from None
+        return np.stack(picked.crops), picked.faces, picked.skipped
 
     @torch.inference_mode()
     def predict(self, crops) -> torch.Tensor:
@@ -186,13 +171,15 @@ class ExpressionRegressor:
                 for i in range(0, len(pixels), self.batch_size)]
         return torch.cat(outs)
 
-    def coefficients(self, images, detector=None, policy="largest", names=None, on_no_face="error") -> torch.Tensor:
+    def coefficients(self, images, detector=None, policy="largest", names=None, on_no_face="error",
+                     **kw) -> torch.Tensor:
         """(N, 257) coefficients, one row per image with a face (see `crops` for the arguments)."""
-        return self.predict(self.crops(images, detector, policy, names, on_no_face)[0])
+        return self.predict(self.crops(images, detector, policy, names, on_no_face, **kw)[0])
 
-    def expression(self, images, detector=None, policy="largest", names=None, on_no_face="error") -> torch.Tensor:
+    def expression(self, images, detector=None, policy="largest", names=None, on_no_face="error",
+                   **kw) -> torch.Tensor:
         """(N, 64) expression coefficients; a reference for several photos is their mean over N."""
-        return self.coefficients(images, detector, policy, names, on_no_face)[:, EXP_SLICE]
+        return self.coefficients(images, detector, policy, names, on_no_face, **kw)[:, EXP_SLICE]
 
 
 def load_expression_model(path, device="cpu", dtype=torch.float32) -> ExpressionRegressor:
