@@ -1,7 +1,6 @@
 """F2D_ENCODER: the engine's encoder under ComfyUI's memory management, plus the face detector."""
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager
 
@@ -11,8 +10,8 @@ from torch import nn
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..f2d_core import load_encoder
-from ..f2d_core.identity.encoder import F2DEncoder
+from ..f2d_core.identity.encoder import F2DEncoder, load_encoder
+from ..f2d_core.identity.expression import ExpressionRegressor, load_expression_model
 
 
 class _Patchable(nn.Module):
@@ -27,7 +26,8 @@ class _Patchable(nn.Module):
 
 class EncoderHandle:
     """What flows through an F2D_ENCODER socket. The weights live on ComfyUI's offload device
-    and are loaded onto its compute device before each use, so ComfyUI can evict them."""
+    and are loaded onto its compute device before each use, so ComfyUI can evict them: nodes take
+    the engine's F2DEncoder inside `with handle.loaded() as encoder:` and hand it to the engine."""
 
     def __init__(self, encoder: F2DEncoder, load_device, offload_device, detector=None, detector_name=None):
         self.encoder = encoder
@@ -36,7 +36,7 @@ class EncoderHandle:
                                                         load_device=load_device, offload_device=offload_device)
         self.detector = detector
         self.detector_name = detector_name
-        self.expression_model = None  # f2d_core.identity.expression.ExpressionRegressor, optional
+        self.expression_model: ExpressionRegressor | None = None  # optional
         self._expression_patcher = None
 
     def with_parts(self, detector, detector_name, expression=None) -> "EncoderHandle":
@@ -48,45 +48,17 @@ class EncoderHandle:
         return other
 
     def reference_expression(self, images, **kw) -> torch.Tensor:
-        """(N, 64) Deep3DFaceRecon expression coefficients of the faces in `images`."""
+        """(N, 64) Deep3DFaceRecon expression coefficients (on the CPU) of the faces in `images`,
+        picked as Encode Face picks them (kw: ExpressionRegressor.crops's)."""
         mm.load_models_gpu([self._expression_patcher], force_full_load=True)
         return self.expression_model.expression(images, self.detector, **kw)
-
-    def _ready(self):
-        # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind
-        mm.load_models_gpu([self.patcher], force_full_load=True)
 
     @contextmanager
     def loaded(self):
         """The engine's F2DEncoder, on ComfyUI's compute device for the duration of the block."""
-        self._ready()
+        # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind
+        mm.load_models_gpu([self.patcher], force_full_load=True)
         yield self.encoder
-
-    @property
-    def null_exp(self) -> torch.Tensor:
-        return self.encoder.null_exp.cpu()
-
-    def identity_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        self._ready()
-        return self.encoder.identity_features(pixels).to(mm.intermediate_device())
-
-    def face_tokens(self, features, expression=None):
-        self._ready()
-        s1, s2 = self.encoder.face_tokens(features, expression)
-        return s1.cpu(), s2.cpu()
-
-    # the engine's pipeline calls these names on an encoder
-    @property
-    def msid_path(self):
-        return self.encoder.msid_path
-
-    @property
-    def mapping_path(self):
-        return self.encoder.mapping_path
-
-    @property
-    def model_hashes(self):
-        return self.encoder.model_hashes
 
     def describe(self) -> str:
         p = next(self.encoder.parameters())
@@ -105,35 +77,14 @@ def _file_key(path):
     return os.path.realpath(path), st.st_mtime_ns, st.st_size
 
 
-def _auto_dtype(encoder, load_device) -> torch.dtype:
-    """fp32 on the CPU; on a GPU the fastest of the half precisions ComfyUI allows there (its
-    --force-fp32/--fp16 flags included) whose tokens stay within 1e-2 of fp32."""
-    if load_device.type != "cuda":
-        return torch.float32
-    candidates = [dt for dt, ok in ((torch.float16, mm.should_use_fp16(load_device)),
-                                    (torch.bfloat16, mm.should_use_bf16(load_device))) if ok]
-    if not candidates:
-        return torch.float32
-    from ..f2d_core.identity.precision import choose_dtype
-    try:
-        return choose_dtype(encoder, load_device, candidates=candidates)
-    except RuntimeError as e:  # a kernel this GPU lacks: the safe choice, said once in the log
-        logging.warning("Face2Diffusion: half precision check failed on %s (%s); using fp32", load_device, e)
-        return torch.float32
-
-
 def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> EncoderHandle:
     """Built once per (files, device, dtype) and reused across graphs and runs."""
     load_device = mm.get_torch_device() if device_choice == "auto" else torch.device("cpu")
     offload_device = mm.unet_offload_device() if device_choice == "auto" else torch.device("cpu")
+    dtype = dtype or torch.float32  # "auto" (None) is fp32, as in the official code; fp16/bf16 only when chosen
     key = (_file_key(msid_path), _file_key(mapping_path), str(load_device), str(dtype))
     if key not in _cache:
-        encoder = load_encoder(msid_path, mapping_path, device=offload_device)  # read once, fp32
-        if dtype is None:
-            dtype = _auto_dtype(encoder, load_device)
-        if dtype != torch.float32:
-            from ..f2d_core.identity.precision import cast_encoder
-            encoder = cast_encoder(encoder, dtype)
+        encoder = load_encoder(msid_path, mapping_path, device=offload_device, dtype=dtype)
         _cache.clear()  # one encoder at a time: a new file replaces the old one
         _cache[key] = EncoderHandle(encoder, load_device, offload_device)
     return _cache[key]
@@ -143,7 +94,6 @@ def load_expression(path, load_device, offload_device):
     """(Deep3DFaceRecon regressor, its ModelPatcher), built once per file (fp32: small, runs rarely).
     One patcher per model: ComfyUI tracks patchers weakly, and a dropped one that was on the GPU
     would leave the weights there unaccounted for."""
-    from ..f2d_core.identity.expression import load_expression_model
     key = (_file_key(path), str(load_device), str(offload_device))
     if key not in _expression_cache:
         _expression_cache.clear()

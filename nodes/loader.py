@@ -49,8 +49,9 @@ class LoadF2DEncoder(io.ComfyNode):
                                tooltip="auto: ComfyUI's device (your GPU, or the CPU with --cpu). cpu: always "
                                        "the CPU."),
                 io.Combo.Input("precision", options=list(choices.PRECISIONS), default="auto",
-                               tooltip="auto: fp32 on the CPU; on a GPU fp16 or bf16 when their identity "
-                                       "tokens stay within 1e-2 of fp32 (checked at load), else fp32."),
+                               tooltip="auto = fp32, as in the official code. fp16/bf16: half the memory, "
+                                       "faster on most GPUs (fp16 is slow on CPUs), but the identity tokens move "
+                                       "slightly (bf16 by a few 1e-2)."),
                 io.Combo.Input("expression_model", options=[NO_EXPRESSION_MODEL] + files,
                                default=NO_EXPRESSION_MODEL,
                                tooltip="Optional: Deep3DFaceRecon's epoch_20.pth in models/face2diffusion, for "

@@ -65,11 +65,11 @@ def test_encode_with_a_missing_models_folder(tmp_path):
 
 def test_bench_json_into_a_missing_folder_fails_before_measuring(tmp_path):
     out = tmp_path / "nope" / "gpu.json"
-    r = run_cli("bench", "--only", "load", "--quick", "--json", out, timeout=60)
+    r = run_cli("bench", "--batches", "1", "--repeat", "1", "--json", out, timeout=60)
     assert f"error: --json {out}: the folder {out.parent} does not exist" in one_error(r)
     assert r.stdout == ""  # nothing was measured
 
 
 def test_bench_with_a_missing_models_folder(tmp_path):
-    msg = one_error(run_cli("bench", "--only", "load", "--quick", "--models", tmp_path / "models", timeout=120))
+    msg = one_error(run_cli("bench", "--batches", "1", "--repeat", "1", "--models", tmp_path / "models", timeout=120))
     assert f"error: model files missing: the models folder {tmp_path / 'models'} does not exist." in msg

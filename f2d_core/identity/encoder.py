@@ -22,9 +22,6 @@ def _build(module_cls, state_dict, device, dtype) -> nn.Module:
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-CPU_CHUNK = 8  # faces per MSID call on the CPU: 32 at once is 10% slower per face (2-core EPYC)
-
-
 class F2DEncoder(nn.Module):
     """Aligned faces -> MSID identity features -> the two identity word embeddings S1*, S2*."""
 
@@ -34,8 +31,6 @@ class F2DEncoder(nn.Module):
         self.mapping = mapping
         self.msid_path = os.fspath(msid_path)
         self.mapping_path = os.fspath(mapping_path)
-        self._graphs: dict = {}  # (batch, dtype, weights' addresses) -> _CapturedEncode, see encode()
-        self._params = None  # the Parameter objects, kept for _weights_fingerprint
 
     @property
     def device(self) -> torch.device:
@@ -58,10 +53,7 @@ class F2DEncoder(nn.Module):
     @torch.inference_mode()
     def identity_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, 112, 112) RGB in [-1, 1] -> (B, 1536) float32 MSID features."""
-        pixels = pixels.to(self.device, self.dtype)
-        if self.device.type == "cpu" and len(pixels) > CPU_CHUNK:  # each chunk's activations stay in cache
-            return torch.cat([self.msid(chunk) for chunk in pixels.split(CPU_CHUNK)]).float()
-        return self.msid(pixels).float()
+        return self.msid(pixels.to(self.device, self.dtype)).float()
 
     @torch.inference_mode()
     def face_tokens(self, features: torch.Tensor, expression=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,69 +79,10 @@ class F2DEncoder(nn.Module):
         return s1, s2
 
     @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor, expression=None, mask=None, cuda_graph: bool = False):
-        """Pixels -> (features (B, 1536), S1* (B, 768), S2* (B, 768)), float32: both steps in one call.
-
-        cuda_graph: on a CUDA device, replay a CUDA graph captured once per batch size instead of
-        launching ~200 kernels one by one (batch 1 is launch-bound: several times faster). Ignored
-        on other devices and with an expression; a graph is captured again when the weights move.
-        """
-        if (cuda_graph and self.device.type == "cuda" and expression is None and mask is None
-                and pixels.ndim == 4 and pixels.shape[1:] == (3, 112, 112)):
-            return self._captured(int(pixels.shape[0]))(pixels)
+    def encode(self, pixels: torch.Tensor, expression=None, mask=None):
+        """Pixels -> (features (B, 1536), S1* (B, 768), S2* (B, 768)), float32: both steps in one call."""
         features = self.identity_features(pixels)
         return (features, *self.face_tokens(features, expression, mask))
-
-    def _weights_fingerprint(self) -> tuple:
-        """Addresses of every weight: a captured graph holds raw pointers to all of them, so any one
-        moving (.to(), ComfyUI's load/offload) must invalidate it. The Parameter objects survive
-        such moves, so a list kept from the first call is walked (~15 us) instead of
-        self.parameters() (~200 us) on a path meant to take under 1 ms."""
-        if self._params is None:
-            self._params = list(self.parameters())
-        return tuple(p.data_ptr() for p in self._params)
-
-    def _captured(self, batch: int) -> "_CapturedEncode":
-        fingerprint = (self.mapping.null_exp.dtype, self._weights_fingerprint())
-        if self._graphs and next(iter(self._graphs))[1:] != fingerprint:
-            self._graphs.clear()  # the weights moved: every captured graph reads stale memory
-        key = (batch, *fingerprint)
-        graph = self._graphs.get(key)
-        if graph is None:
-            if len(self._graphs) >= MAX_CUDA_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))  # the oldest
-            graph = self._graphs[key] = _CapturedEncode(self, batch)
-        return graph
-
-
-MAX_CUDA_GRAPHS = 4  # batch sizes kept captured per encoder
-
-
-class _CapturedEncode:
-    """pixels -> (features, S1*, S2*) of one batch size, recorded once as a CUDA graph and replayed."""
-
-    def __init__(self, encoder: F2DEncoder, batch: int):
-        self.pixels = torch.zeros(batch, 3, 112, 112, device=encoder.device, dtype=encoder.dtype)
-
-        def run():
-            features = encoder.msid(self.pixels)
-            s1, s2 = encoder.mapping(features)
-            return features.float(), s1.float(), s2.float()
-
-        side = torch.cuda.Stream(encoder.device)
-        side.wait_stream(torch.cuda.current_stream(encoder.device))
-        with torch.cuda.stream(side):  # warm-up off the capture: kernel selection, cuBLAS workspaces
-            for _ in range(3):
-                run()
-        torch.cuda.current_stream(encoder.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = run()
-
-    def __call__(self, pixels: torch.Tensor):
-        self.pixels.copy_(pixels)  # casts and moves the input into the graph's own buffer
-        self.graph.replay()
-        return tuple(out.clone() for out in self.outputs)  # the next replay overwrites the buffers
 
 
 def load_encoder(msid_path, mapping_path, device="cpu", dtype=torch.float32) -> F2DEncoder:

@@ -26,8 +26,10 @@ TAPS = (2, 5, 8, 11)
 FEATURE_DIM = WIDTH * len(TAPS)  # 1536
 
 # On the CPU, F.linear is MKL's GEMM after copying the bias into every output row; oneDNN's fused
-# linear (the kernel torch.compile itself uses on CPUs) adds the bias, and optionally the GELU,
-# inside the GEMM: ~10% faster MSID on 2 cores, same values to ~5e-6 (benchmarks/RESULTS.md).
+# linear (the kernel torch.compile itself uses on CPUs) adds the bias, and for fc1 the GELU, inside
+# the GEMM. MSID is 12-18% faster with it on 2 cores, the margin by which it beats the official code
+# and stays near the linears-alone floor; same values to ~5e-6 (benchmarks/compare_official.py,
+# benchmarks/RESULTS.md). The op is private, so it is checked against F.linear before first use.
 _onednn_linear = None  # decided on first use by _onednn_agrees()
 
 
