@@ -127,7 +127,8 @@ class Ranks:
         at the start of the second forward pass (a rank whose data failed just before would never
         join it: a hang, seen in the tests). The price is one walk over the trained module's small
         autograd graph per step, and a warning each rank's C++ side prints once ("find_unused_parameters=
-        True was specified ... but did not find any unused parameters"): expected. Gradients live in DDP's all-reduce buckets (no second copy)."""
+        True was specified ... but did not find any unused parameters"): expected. Gradients live in
+        DDP's all-reduce buckets (no second copy)."""
         if not self.distributed:
             return module
         kw = dict(device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True,

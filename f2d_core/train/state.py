@@ -30,8 +30,8 @@ def step_seed(seed: int, step: int, micro: int = 0) -> int:
 
 def sample_seed(seed: int, sample: int) -> int:
     """A distinct 63-bit seed per (run seed, sample number), unrelated to the step seeds."""
-    return (int(seed) * 2_862_933_555_777_941_757 + int(sample) * 3_202_034_522_624_059_733 + 7_046_029_254_386_353_131) \
-        % (1 << 63)
+    return (int(seed) * 2_862_933_555_777_941_757 + int(sample) * 3_202_034_522_624_059_733
+            + 7_046_029_254_386_353_131) % (1 << 63)
 
 
 def sample_generator(seed: int, sample: int) -> torch.Generator:
