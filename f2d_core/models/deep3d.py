@@ -40,6 +40,8 @@ class Bottleneck(nn.Module):
         return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
+# Written out, not torchvision.models.resnet50: PyPI's torchvision is a CUDA build whose ops fail to
+# register beside the CPU torch wheel the tests and the CLI run on, and this is the engine's only use.
 class ResNet50(nn.Module):
     """torchvision resnet50 without `fc`: (B, 3, H, W) -> (B, 2048, 1, 1)."""
 

@@ -37,6 +37,8 @@ class ConvBNReLU(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
+# The ResNet-18 blocks are written out rather than taken from torchvision.models for the reason in
+# models/deep3d.py (no torchvision that imports beside the CPU torch the tests pin).
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
         super().__init__()
