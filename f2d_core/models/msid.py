@@ -25,47 +25,6 @@ MLP_HIDDEN = 1536
 TAPS = (2, 5, 8, 11)
 FEATURE_DIM = WIDTH * len(TAPS)  # 1536
 
-# On the CPU, F.linear is MKL's GEMM after copying the bias into every output row; oneDNN's fused
-# linear (the kernel torch.compile itself uses on CPUs) adds the bias, and for fc1 the GELU, inside
-# the GEMM. MSID is 12-18% faster with it on 2 cores, the margin by which it beats the official code
-# and stays near the linears-alone floor; same values to ~5e-6 (benchmarks/compare_official.py,
-# benchmarks/RESULTS.md). The op is private, so it is checked against F.linear before first use.
-_onednn_linear = None  # decided on first use by _onednn_agrees()
-
-
-def _onednn_fused(x, weight, bias, gelu):
-    # "none" as the algorithm selects the erf GELU
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
-                                              "none" if gelu else "")
-
-
-def _onednn_agrees() -> bool:
-    """Use the private op only if it exists here and computes what F.linear (+ GELU) computes: the
-    user's torch may be another version than the one this was written against."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
-        return False
-    g = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(s, generator=g) for s in ((3, 5, 16), (24, 16), (24,)))
-    try:
-        with torch.inference_mode():
-            return all(torch.allclose(_onednn_fused(x, w, b, gelu), F.gelu(F.linear(x, w, b)) if gelu
-                                      else F.linear(x, w, b), atol=1e-5, rtol=0) for gelu in (False, True))
-    except (RuntimeError, TypeError):
-        return False
-
-
-def linear(x, weight, bias, gelu: bool = False):
-    """F.linear(x, weight, bias), then the exact (erf) GELU when asked."""
-    global _onednn_linear
-    if x.device.type == "cpu" and x.dtype == torch.float32 and \
-            not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        if _onednn_linear is None:
-            _onednn_linear = _onednn_agrees()
-        if _onednn_linear:  # no autograd formula, hence inference only
-            return _onednn_fused(x, weight, bias, gelu)
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
-
 
 class PatchEmbed(nn.Module):
     def __init__(self):
@@ -85,19 +44,18 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         # qkv rows are [q; k; v], head h owns rows h*32 .. h*32+31 of each
-        qkv = linear(x, self.qkv.weight, self.qkv.bias)
-        q, k, v = qkv.reshape(B, N, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(B, N, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
-        return linear(x.transpose(1, 2).reshape(B, N, C), self.proj.weight, self.proj.bias)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
     def forward_first(self, x):
         """forward(x)[:, :1]: only the first (CLS) token attends; keys and values still come from all."""
         B, N, C = x.shape
         w, b = self.qkv.weight, self.qkv.bias
-        q = linear(x[:, :1], w[:C], b[:C]).reshape(B, 1, HEADS, C // HEADS).transpose(1, 2)
-        k, v = linear(x, w[C:], b[C:]).reshape(B, N, 2, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
+        q = F.linear(x[:, :1], w[:C], b[:C]).reshape(B, 1, HEADS, C // HEADS).transpose(1, 2)
+        k, v = F.linear(x, w[C:], b[C:]).reshape(B, N, 2, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
-        return linear(x.transpose(1, 2).reshape(B, 1, C), self.proj.weight, self.proj.bias)
+        return self.proj(x.transpose(1, 2).reshape(B, 1, C))
 
 
 class Mlp(nn.Module):
@@ -107,8 +65,12 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(MLP_HIDDEN, WIDTH)
 
     def forward(self, x):
-        h = linear(x, self.fc1.weight, self.fc1.bias, gelu=True)  # exact (erf) GELU, as timm
-        return linear(h, self.fc2.weight, self.fc2.bias)
+        h = self.fc1(x)
+        # The exact (erf) GELU, as timm's nn.GELU(). In place where autograd does not need h: a
+        # second (B*197, 1536) buffer per block makes the allocator hand memory back to the OS and
+        # fault it in again, 10-20% of an encode at batch 8 on 2 cores (benchmarks/RESULTS.md).
+        h = F.gelu(h) if torch.is_grad_enabled() and h.requires_grad else torch.ops.aten.gelu_(h)
+        return self.fc2(h)
 
 
 class Block(nn.Module):
