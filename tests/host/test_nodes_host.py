@@ -30,6 +30,13 @@ def face_photo(cx=5, cy=5, size=256, blue=60):
     return img
 
 
+def faceless_photo(size=128):
+    """No face for the synthetic detector (red 0 everywhere), and not blank: a blue gradient."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:, :, 2] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
+    return img
+
+
 # --- in-process ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -46,9 +53,10 @@ def encoder(nodes):
 def parity_face(f2d_pack, encoder, parity):
     """The parity kit's face as an F2D_FACE, encoded by the loader node's encoder."""
     from face2diffusion_pack.f2d_core.identity.face_file import FaceIdentity
-    feats = encoder.identity_features(parity[0]["input.pixel_values"])
-    s1, s2 = encoder.face_tokens(feats)
-    return FaceIdentity(features=feats[0], s1=s1[0], s2=s2[0])
+    with encoder.loaded() as f2d:
+        feats = f2d.identity_features(parity[0]["input.pixel_values"]).cpu()
+        s1, s2 = f2d.face_tokens(feats)
+    return FaceIdentity(features=feats[0], s1=s1[0].cpu(), s2=s2[0].cpu())
 
 
 def fp16_reference(recipe, recipe_clip_state_dict, prompt, s1, s2, tokenizer):
@@ -182,8 +190,9 @@ def test_the_encoder_is_loaded_once_and_reused(nodes, encoder):
 
 def test_encode_face_crops_and_save_load_round_trip(nodes, encoder):
     photos = torch.from_numpy(np.stack([face_photo(2, 2), face_photo(4, 3)])).float() / 255
-    face, crops = nodes["F2DEncodeFace"].execute(encoder, photos).result
+    face, crops, found = nodes["F2DEncodeFace"].execute(encoder, photos).result
     assert face.num_faces == 2 and crops.shape == (2, 112, 112, 3)
+    assert found.shape[0] == 1 and found.shape[3] == 3 and found.dtype == torch.float32  # one preview sheet
     out = nodes["F2DSaveFace"].execute(face, "host/anna")
     assert "saved host/anna.f2d.safetensors (2 face(s))" in out.ui.as_dict()["text"][0]
     assert "host/anna.f2d.safetensors" in nodes["F2DLoadFace"].GET_SCHEMA().inputs[0].options
@@ -195,7 +204,7 @@ def test_encode_face_crops_and_save_load_round_trip(nodes, encoder):
 
 def test_save_face_refuses_unusable_names_before_touching_the_disk(nodes, encoder, f2d_pack):
     root = f2d_pack.nodes.paths.identity_dir()
-    face, _ = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(2, 2)[None]).float() / 255).result
+    face = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(2, 2)[None]).float() / 255).result[0]
     before = sorted(os.walk(root)) if os.path.isdir(root) else []
     with pytest.raises(ValueError, match=r"face name 'xxx.*' is not usable: it is 300 characters long; at most 150"):
         nodes["F2DSaveFace"].execute(face, "x" * 300)
@@ -208,7 +217,7 @@ def test_save_face_refuses_unusable_names_before_touching_the_disk(nodes, encode
 
 def test_load_face_lists_no_file_a_save_is_still_writing(nodes, encoder, f2d_pack):
     root = f2d_pack.nodes.paths.identity_dir()
-    face, _ = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(3, 3)[None]).float() / 255).result
+    face = nodes["F2DEncodeFace"].execute(encoder, torch.from_numpy(face_photo(3, 3)[None]).float() / 255).result[0]
     nodes["F2DSaveFace"].execute(face, "host/listed")
     partial = os.path.join(root, "host", ".f2d-partial-1-0123abcd.tmp")
     with open(partial, "wb") as f:
@@ -271,7 +280,7 @@ def photos(comfy_server, tmp_path_factory):
     d = tmp_path_factory.mktemp("photos")
     names = {}
     for name, img in {"face": face_photo(2, 2), "face2": face_photo(4, 4, blue=120), "face3": face_photo(3, 5),
-                      "blank": np.zeros((128, 128, 3), np.uint8)}.items():
+                      "blank": np.zeros((128, 128, 3), np.uint8), "faceless": faceless_photo()}.items():
         Image.fromarray(img).save(d / f"{name}.png")
         names[name] = comfy_server.upload(d / f"{name}.png")
     return names
@@ -332,9 +341,16 @@ def expect_error(server, prompt, pattern):
 
 def test_no_face_in_the_photo(comfy_server, photos):
     prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
-    set_input(prompt, "LoadImage", "image", photos["blank"])
+    set_input(prompt, "LoadImage", "image", photos["faceless"])
     expect_error(comfy_server, prompt, r"F2DEncodeFace .*face2diffusion\.NoFaceError: No face found in image 1 of 1\. Use a "
                                        r"clearer photo")
+
+
+def test_a_blank_photo_is_named_as_blank(comfy_server, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_basic.json", photos)
+    set_input(prompt, "LoadImage", "image", photos["blank"])
+    expect_error(comfy_server, prompt, r"F2DEncodeFace .*face2diffusion\.NoFaceError: image 1 of 1 is blank: the whole "
+                                       r"image is one flat colour RGB\(0, 0, 0\)")
 
 
 def test_missing_trigger(comfy_server, photos):
@@ -367,5 +383,80 @@ def test_a_non_sd1_clip(comfy_server, extra_models, photos):
 def test_expression_reference_without_a_face(comfy_server, extra_models, photos):
     prompt = workflow_prompt(comfy_server, "face2diffusion_expression.json", photos)
     loads = sorted(find_nodes(prompt, "LoadImage"), key=int)
-    prompt[loads[1]]["inputs"]["image"] = photos["blank"]
+    prompt[loads[1]]["inputs"]["image"] = photos["faceless"]
     expect_error(comfy_server, prompt, r"F2DExpressionEmbed .* Expression reference: No face found")
+
+
+def test_a_blank_expression_reference_is_named_as_blank_as_encode_face_names_it(comfy_server, extra_models, photos):
+    prompt = workflow_prompt(comfy_server, "face2diffusion_expression.json", photos)
+    loads = sorted(find_nodes(prompt, "LoadImage"), key=int)
+    prompt[loads[1]]["inputs"]["image"] = photos["blank"]
+    expect_error(comfy_server, prompt, r"F2DExpressionEmbed .*face2diffusion\.NoFaceError: Expression reference: "
+                                       r"expression image 1 of 1 is blank: the whole image is one flat colour "
+                                       r"RGB\(0, 0, 0\)")
+
+
+# --- photos as ComfyUI's own LoadImage gives them (issue 10 item 5) -----------------------------
+
+def load_image(comfy_inprocess, name: str, image: Image.Image, **save):
+    """Save `image` into ComfyUI's input folder and load it with core LoadImage."""
+    import nodes as comfy_nodes
+    image.save(comfy_inprocess.dirs["input"] / name, **save)
+    return comfy_nodes.LoadImage().load_image(name)[0]
+
+
+def test_an_exif_rotated_phone_photo_gives_load_image_and_the_cli_reader_the_same_crop(nodes, encoder,
+                                                                                       comfy_inprocess, f2d_pack):
+    from face2diffusion_pack.f2d_core.faces.images import read_image
+    from face2diffusion_pack.f2d_core.identity.pipeline import encode_images
+    upright = np.zeros((256, 384, 3), np.uint8)  # 384 wide: the face only fits where the EXIF turn puts it
+    upright[:, :, 1] = np.linspace(0, 200, 384, dtype=np.uint8)[None, :]
+    upright[2 * 32:3 * 32, 9 * 32:10 * 32] = (255, om.STRIDE_GREEN[32], 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter to the left, shown upright
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright)))
+    image = load_image(comfy_inprocess, "phone.jpg", stored, format="JPEG", quality=95, exif=exif)
+    assert tuple(image.shape) == (1, 256, 384, 3)
+    node_crops = nodes["F2DEncodeFace"].execute(encoder, image).result[1]
+    with encoder.loaded() as f2d:
+        cli = encode_images(f2d, [read_image(comfy_inprocess.dirs["input"] / "phone.jpg")], encoder.detector)
+    assert torch.equal(node_crops, cli.aligned.float() / 255.0)
+
+
+def test_a_16_bit_grayscale_png_from_load_image_is_refused_as_saturated(nodes, encoder, comfy_inprocess):
+    levels = np.linspace(0, 65535, 256 * 256).astype(np.uint16).reshape(256, 256)
+    image = load_image(comfy_inprocess, "gray16.png", Image.fromarray(levels))
+    assert float((image == 1.0).all(dim=-1).float().mean()) > 0.99  # LoadImage clips it white
+    with pytest.raises(ValueError, match=r"image 1 of 1 is saturated: 99\.6% of its pixels are pure white\. ComfyUI's "
+                                         r"Load Image does this to 16-bit grayscale PNGs"):
+        nodes["F2DEncodeFace"].execute(encoder, image)
+
+
+def test_a_face_below_min_face_px_is_refused_naming_its_input_unless_allowed(nodes, encoder):
+    small = face_photo(2, 2)
+    small[:, :] = faceless_photo(256)
+    om.paint_face(small, 8, 20, 20, scale=640 / 256)  # a 16 px box at detector scale: 7 px in this photo
+    as_image = lambda a: torch.from_numpy(a[None]).float() / 255
+    with pytest.raises(ValueError, match=r"image_2: the face is only 7x7 pixels .* set min_face_px to 0"):
+        nodes["F2DEncodeFace"].execute(encoder, as_image(face_photo(2, 2)), image_2=as_image(small))
+    face = nodes["F2DEncodeFace"].execute(encoder, as_image(face_photo(2, 2)), image_2=as_image(small),
+                                          min_face_px=0).result[0]
+    assert face.num_faces == 2
+
+
+def test_photos_of_other_sizes_on_image_2_are_encoded_whole_where_batch_images_crops_the_face_off(
+        nodes, encoder, comfy_inprocess):
+    import nodes as comfy_nodes
+    first = torch.from_numpy(face_photo(2, 2)[None]).float() / 255  # 256 x 256
+    tall = np.zeros((640, 256, 3), np.uint8)
+    tall[:, :, 2] = np.linspace(0, 255, 640, dtype=np.uint8)[:, None]
+    tall[18 * 32:19 * 32, 3 * 32:4 * 32] = (255, om.STRIDE_GREEN[32], 60)  # the face at the bottom
+    tall = torch.from_numpy(tall[None]).float() / 255
+    batched = comfy_nodes.ImageBatch().batch(first, tall)[0]  # core Batch Images: tall is cut to 256 x 256
+    assert tuple(batched.shape) == (2, 256, 256, 3)
+    with pytest.raises(ValueError, match=r"No face found in image 2 of 2"):
+        nodes["F2DEncodeFace"].execute(encoder, batched)
+    face, crops = nodes["F2DEncodeFace"].execute(encoder, first, image_2=tall).result[:2]
+    assert face.num_faces == 2 and [f["image"] for f in face.meta["faces"]] == ["image", "image_2"]
+    alone = nodes["F2DEncodeFace"].execute(encoder, tall).result[1]
+    assert torch.equal(crops[1], alone[0])  # image_2 was encoded as it is, not resized to the first

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import recognizer_onnx as ro
+import synthetic_onnx as om
 from conftest import FACES, TOKENIZER_DIR
 
 from .conftest import CHECKPOINT_NAME, PACK_DIR_NAME, REPO
@@ -108,8 +109,7 @@ def test_the_node_runs_in_a_graph_and_shows_its_summary(comfy_server, eval_pack,
 
 def painted_face(path):
     """A photo the server's synthetic detector sees one face in."""
-    from tests.synthetic_onnx import paint_face
-    Image.fromarray(paint_face(np.zeros((640, 640, 3), np.uint8), 32, 8, 8)).save(path)
+    Image.fromarray(om.paint_face(np.zeros((640, 640, 3), np.uint8), 32, 8, 8)).save(path)
 
 
 @pytest.fixture(scope="module")
