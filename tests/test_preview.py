@@ -125,6 +125,7 @@ def test_photos_of_different_sizes_share_one_sheet_height_side_by_side(detector)
     scale = preview.HEIGHT / small.shape[0]
     box = sheet_box(records[1]["boxes"][0], scale, x_offset=widths[0] + preview.GAP)
     assert edge_colours(sheet, box) == {preview.CHOSEN_COLOUR}
+    assert sheet.flags.writeable  # the node hands it to torch.from_numpy, which warns on read-only arrays
 
 
 def test_captions_say_how_many_faces_and_which_was_encoded():

@@ -167,27 +167,34 @@ def test_several_photos_of_one_person_are_letterboxed_and_batched(tmp_path, caps
     assert sorted(os.listdir(tmp_path / "out"))[0] == "a_00_0.png"
 
 
-def multi_reference_workflow(tmp_path) -> str:
-    """The test workflow as an API prompt with three face LoadImage nodes batched into the encoder,
-    the shape of workflows/face2diffusion_multi_reference.json."""
+def multi_reference_workflow(tmp_path, shape="batched") -> str:
+    """The test workflow as an API prompt with three face LoadImage nodes: batched by ImageBatch into
+    the encoder's `image`, or (shape="direct") into `image`, `image_2`, `image_3`, the shape of
+    workflows/face2diffusion_multi_reference.json, wired out of node id order."""
     api = to_api(load_workflow(WORKFLOW), fake_object_info())
     api["20"] = {"class_type": "LoadImage", "inputs": {"image": "face2.jpg"}}
     api["21"] = {"class_type": "LoadImage", "inputs": {"image": "face3.jpg"}}
-    api["22"] = {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["20", 0]}}
-    api["23"] = {"class_type": "ImageBatch", "inputs": {"image1": ["22", 0], "image2": ["21", 0]}}
-    api["4"]["inputs"]["image"] = ["23", 0]
+    if shape == "direct":
+        api["4"]["inputs"].update(image=["21", 0], image_2=["3", 0], image_3=["20", 0])
+    else:
+        api["22"] = {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["20", 0]}}
+        api["23"] = {"class_type": "ImageBatch", "inputs": {"image1": ["22", 0], "image2": ["21", 0]}}
+        api["4"]["inputs"]["image"] = ["23", 0]
     (tmp_path / "multi.json").write_text(json.dumps(api))
     return str(tmp_path / "multi.json")
 
 
-def test_a_workflow_with_one_loader_per_photo_gets_one_photo_each(tmp_path, capsys):
+@pytest.mark.parametrize("shape, order", [("batched", ("3", "20", "21")), ("direct", ("21", "3", "20"))])
+def test_a_workflow_with_one_loader_per_photo_gets_one_photo_each(tmp_path, capsys, shape, order):
     faces = [photo(tmp_path / f"{n}.png") for n in ("x", "y", "z")]
     with FakeComfy() as fake:
-        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", multi_reference_workflow(tmp_path), faces=faces)
+        rc = run(fake, tmp_path, "--prompt", "f l", "--workflow", multi_reference_workflow(tmp_path, shape),
+                 faces=faces)
         assert rc == 0, capsys.readouterr().err
     p = fake.prompts[0]
-    assert [p[i]["inputs"]["image"].rsplit("-", 1)[1] for i in ("3", "20", "21")] == ["x.png", "y.png", "z.png"]
-    assert len(by_type(p, "ImageBatch")) == 2  # nothing added
+    # photo k goes to the loader behind the encoder's k-th photo input
+    assert [p[i]["inputs"]["image"].rsplit("-", 1)[1] for i in order] == ["x.png", "y.png", "z.png"]
+    assert len(by_type(p, "ImageBatch")) == (2 if shape == "batched" else 0)  # nothing added
 
 
 def test_a_workflow_with_one_loader_per_photo_needs_that_many_photos(tmp_path, capsys):

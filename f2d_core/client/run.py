@@ -13,9 +13,9 @@ Several --face photos are several photos of ONE person. When the workflow has on
 feeding F2DEncodeFace (face2diffusion_basic.json), it gets the first photo and core ImageBatch
 nodes added to the API prompt batch the rest into the same input, so F2DEncodeFace sees them
 all; a workflow with several face LoadImage nodes (face2diffusion_multi_reference.json) gets
-one photo per node, in node id order. Photos of different sizes are letterboxed to one size,
-because ImageBatch would otherwise centre-crop them to the first photo's shape (and could cut
-off a face). To compare several people, run once per person (with --server to keep one server).
+one photo per node, in the order of the encoder's inputs (image, image_2, ...). Photos batched
+into one input are letterboxed to one size, because ImageBatch would otherwise centre-crop them
+to the first photo's shape (and could cut off a face). To compare several people, run once per person (with --server to keep one server).
 """
 from __future__ import annotations
 

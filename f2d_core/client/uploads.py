@@ -18,6 +18,7 @@ from ..faces.images import read_image
 from .workflow import WorkflowError, find_nodes, is_link
 
 FACE_ENCODER = "F2DEncodeFace"
+FACE_INPUTS = ("image", "image_2", "image_3", "image_4")  # the encoder's photo inputs, in order
 
 
 def _open(path: str):
@@ -55,25 +56,28 @@ def face_uploads(paths: list[str]) -> list[tuple[str, bytes]]:
 
 def face_loaders(prompt: dict) -> list[str]:
     """The LoadImage nodes whose images reach F2DEncodeFace (directly or through ImageBatch
-    and other nodes), in node id order."""
+    and other nodes): those behind `image` first, then `image_2`..`image_4`, each in node id order."""
     encoders = find_nodes(prompt, FACE_ENCODER)
     if len(encoders) != 1:
         raise WorkflowError(f"the runner fills in the photos of one person, so the workflow needs exactly one "
                             f"{FACE_ENCODER} node; this one has {len(encoders)}. Use face2diffusion_basic.json.")
-    found, todo, seen = [], [prompt[encoders[0]]["inputs"].get("image")], set()
-    while todo:
-        link = todo.pop()
-        if not is_link(link) or link[0] in seen or link[0] not in prompt:
-            continue
-        seen.add(link[0])
-        node = prompt[link[0]]
-        if node["class_type"] == "LoadImage":
-            found.append(link[0])
-        else:
-            todo += list(node["inputs"].values())
+    inputs, found, seen = prompt[encoders[0]]["inputs"], [], set()
+    for slot in FACE_INPUTS:
+        behind, todo = [], [inputs.get(slot)]
+        while todo:
+            link = todo.pop()
+            if not is_link(link) or link[0] in seen or link[0] not in prompt:
+                continue
+            seen.add(link[0])
+            node = prompt[link[0]]
+            if node["class_type"] == "LoadImage":
+                behind.append(link[0])
+            else:
+                todo += list(node["inputs"].values())
+        found += sorted(behind, key=lambda k: (len(k), k))
     if not found:
         raise WorkflowError(f"no LoadImage node feeds {FACE_ENCODER}'s image, so there is nowhere to put --face.")
-    return sorted(found, key=lambda k: (len(k), k))
+    return found
 
 
 def check_face_count(loaders: list[str], count: int) -> None:
@@ -84,7 +88,7 @@ def check_face_count(loaders: list[str], count: int) -> None:
 
 
 def place_faces(prompt: dict, loaders: list[str], names: list[str]) -> None:
-    """One face LoadImage: it takes every photo (batched). Several: one photo each, in id order."""
+    """One face LoadImage: it takes every photo (batched). Several: one photo each, in face_loaders order."""
     check_face_count(loaders, len(names))
     if len(loaders) == 1:
         return add_faces(prompt, loaders[0], names)

@@ -116,4 +116,4 @@ def preview_sheet(images: Sequence, records: Sequence[dict], names: Sequence[str
         sheet.paste(pic, (x, 0))
         draw.text((x + 6, height + 6), fit(caption(name, rec), fnt, pic.width - 12), fill=CAPTION_COLOUR, font=fnt)
         x += pic.width + GAP
-    return np.asarray(sheet)
+    return np.array(sheet)  # a writable copy: torch.from_numpy warns on a read-only one
