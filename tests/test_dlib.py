@@ -220,3 +220,9 @@ def test_a_face_photo_without_a_face_for_dlib_leaves_its_dlib_scores_missing_and
     assert columns["adaface"] == {"filled": False, "missing": "no model given"}
     summary = report.summarize(rows, {}, columns)
     assert summary["mean"]["dlib"] is None and "dlib" in summary["missing"]  # not a mean over anna alone
+    # and the reason given is the photo, not a missing model (the CLI prints these)
+    why = report.why_missing(summary)
+    assert why["dlib"] == "its detector found no face in the photos of ben"
+    assert why["adaface"] == "no model given"
+    assert why["hmean"].startswith("needs all six of the paper's columns")
+    assert why["hmean_filled"] == "needs an identity and a text column"  # dlib is its only filled column

@@ -19,7 +19,7 @@ from PIL import Image
 
 import recognizer_onnx as ro
 from conftest import SHARED, TOKENIZER_DIR
-from f2d_core.evaluate import metrics
+from f2d_core.evaluate import metrics, report
 from f2d_core.evaluate.clip_score import ClipEmbedder
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing
 from f2d_core.client.comfy import ComfyError
@@ -151,6 +151,8 @@ def test_outputs_are_written(two_servers_one_dying):
     assert set(summary["missing"]) == {"adaface", "sphereface", "facenet", "dlib", "siglip", "hmean", "gmean"}
     assert summary["columns"]["arcface"]["filled"] and "w600k_r50.onnx" in summary["columns"]["arcface"]["model"]
     assert summary["columns"]["dlib"] == {"filled": False, "missing": "turned off (--dlib off)"}
+    why = report.why_missing(summary)
+    assert why["dlib"] == "turned off (--dlib off)" and why["siglip"] == "no --siglip folder given"
     assert summary["upper_bound"]["n"] == [1, 2] and summary["upper_bound"]["rank_by"] == "hmean_filled"
     assert set(summary["per_face"]) == {"anna", "ben"}
     for face in ("anna", "ben"):

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from collections import defaultdict
 from types import SimpleNamespace
 
 from ..client import run as runner
@@ -201,8 +202,11 @@ def run(args) -> int:
     means = "  ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items() if v is not None)
     found = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["detection_rate"].items())
     print(f"{summary['images']} image(s); face found by {found}: {means}")
-    if summary["missing"]:
-        print("missing (no model given): " + ", ".join(summary["missing"]))
+    reasons = defaultdict(list)
+    for column, why in report.why_missing(summary).items():
+        reasons[why].append(column)
+    for why, cols in reasons.items():
+        print(f"missing {', '.join(cols)}: {why}")
     print(f"wrote {os.path.join(args.out, 'results.csv')}, summary.json, grids/, "
           + (summary["files"]["plot"] or "no plot"))
     return 0

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from . import metrics
 from .jobs import Job
-from .scoring import COLUMNS, COMBINED, IDENTITY_COLUMNS, PAPER_SIX, SCORE_COLUMNS
+from .scoring import COLUMNS, COMBINED, IDENTITY_COLUMNS, PAPER_SIX, SCORE_COLUMNS, TEXT_COLUMNS
 
 SCORES = list(SCORE_COLUMNS + COMBINED)
 _ID = "max(cos(f_fr(x), f_fr(y)), 0) of the generated face y and the face photo(s) x, 0 when no face is found (Eq. 10)"
@@ -69,6 +69,31 @@ def _detection(rows: list[dict], columns: dict) -> dict:
     """Per identity column filled: the fraction of images in which its detector found a face."""
     return {c: metrics.mean_of_per_image([c not in (r.get("no_face") or "").split() for r in rows])
             for c in IDENTITY_COLUMNS if columns.get(c, {}).get("filled")}
+
+
+def why_missing(summary: dict) -> dict:
+    """{missing column: why}, from summarize()'s output: no model, no face in a face's photos, or
+    (for the combinations) which of their parts is missing."""
+    columns, missing = summary["columns"], summary["missing"]
+    out = {}
+    for c in missing:
+        col = columns.get(c, {})
+        if c in ("hmean", "gmean"):
+            out[c] = "needs all six of the paper's columns (" + ", ".join(PAPER_SIX) + ")"
+        elif c in ("hmean_filled", "gmean_filled"):
+            filled = [k for k in SCORE_COLUMNS if columns.get(k, {}).get("filled")]
+            if not (set(filled) & set(IDENTITY_COLUMNS) and set(filled) & set(TEXT_COLUMNS)):
+                out[c] = "needs an identity and a text column"
+            else:
+                out[c] = "needs every filled column in every image; missing in some: " + ", ".join(
+                    k for k in filled if k in missing)
+        elif not col.get("filled"):
+            out[c] = col.get("missing", "no model given")
+        elif col.get("no_face_in_photos_of"):
+            out[c] = "its detector found no face in the photos of " + ", ".join(col["no_face_in_photos_of"])
+        else:
+            out[c] = "not every image has a score"
+    return out
 
 
 def summarize(rows: list[dict], info: dict, columns: dict | None = None) -> dict:

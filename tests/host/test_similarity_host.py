@@ -128,7 +128,7 @@ def evaluate(inputs, out, servers, seeds=2):
     argv = ["--faces", str(inputs["faces"]), "--seeds", str(seeds), "--out", str(out),
             "--workflow", str(REPO / "workflows" / "face2diffusion_basic.json"), "--checkpoint", CHECKPOINT_NAME,
             "--steps", "2", "--width", "64", "--height", "64", "--insightface", str(inputs["pack"]),
-            "--clip", str(inputs["clip"]), "--device", "cpu"]
+            "--clip", str(inputs["clip"]), "--dlib", "off", "--device", "cpu"]  # dlib sees no painted face
     for p in PROMPTS:
         argv += ["--prompt", p]
     for s in servers:
@@ -139,10 +139,12 @@ def evaluate(inputs, out, servers, seeds=2):
 def check_outputs(out, images):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == images and all(r["face_found"] == "True" for r in rows)
-    assert all(0.0 <= float(r["identity"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r[c]) <= 1.0 for r in rows for c in ("arcface", "clip", "dclip", "hmean_filled"))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == images and summary["recognizer"] == "w600k_r50.onnx"
-    assert {"identity", "clip_t", "clip_dir", "hmean_t", "gmean_t"} <= set(summary["mean"])
+    assert summary["images"] == images and "w600k_r50.onnx" in summary["columns"]["arcface"]["model"]
+    assert {k for k, v in summary["mean"].items() if v is not None} == {"arcface", "clip", "dclip", "hmean_filled",
+                                                                        "gmean_filled"}
+    assert summary["upper_bound"]["rank_by"] == "hmean_filled"
     assert (out / "grids" / "painted.jpg").is_file()
     with Image.open(out / "images" / "painted" / "painted_01_1.png") as im:
         assert im.size == (64, 64)
@@ -159,6 +161,7 @@ def test_evaluate_end_to_end_against_the_real_server(comfy_server, eval_inputs, 
     assert evaluate(eval_inputs, tmp_path / "out", [comfy_server.url]) == 0, capsys.readouterr().err
     summary = check_outputs(tmp_path / "out", images=4)  # 1 face x 2 prompts x 2 seeds
     assert summary["upper_bound"]["n"] == [1, 2]
+    assert "missing dlib: turned off (--dlib off)" in capsys.readouterr().out.splitlines()
 
 
 def test_evaluate_on_two_real_servers_survives_one_being_stopped(comfy_server, comfyui_path, comfy_home,
