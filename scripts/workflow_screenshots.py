@@ -93,17 +93,21 @@ def graph_bounds(workflow: dict) -> tuple[float, float, float, float]:
     return x0, y0, max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
 
 
-# opens the template browser on this pack's templates (the frontend's own command, then its entry)
+# opens the template browser on this pack's templates (the frontend's own command, then its entry;
+# 1.5x frontends list custom node packs under a collapsed "Extensions" heading, opened first)
 JS_TEMPLATES = """async () => {
   await window.app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  const leaf = (text) => [...document.querySelectorAll('.p-dialog *, [role=dialog] *')]
+      .find((e) => e.children.length === 0 && e.textContent.trim().toLowerCase() === text);
   const until = Date.now() + 15000;
-  let item = null;
+  let item = null, opened = false;
   while (!item && Date.now() < until) {
     await new Promise((done) => setTimeout(done, 250));
-    item = [...document.querySelectorAll('.p-dialog li, .p-dialog a, .p-dialog button, .p-dialog [role=option], .p-dialog span, .p-dialog div')]
-      .find((e) => e.children.length === 0 && e.textContent.trim() === '%s');
+    item = leaf('%s');
+    const heading = opened ? null : leaf('extensions');
+    if (!item && heading) { (heading.closest('button, [role=button], [aria-expanded]') || heading.parentElement).click(); opened = true; }
   }
-  if (item) item.click();
+  if (item) { item.scrollIntoView(); item.click(); }
   await new Promise((done) => setTimeout(done, 3000));
 }"""
 
