@@ -48,12 +48,7 @@ class OpenCVDetector(detect.FaceDetector):
 
     def _letterbox(self, rgb):
         in_h, in_w = self.input_hw
-        im_ratio = float(rgb.shape[0]) / rgb.shape[1]
-        if im_ratio > float(in_h) / in_w:
-            new_h, new_w = in_h, max(1, int(in_h / im_ratio))
-        else:
-            new_h, new_w = max(1, int(in_w * im_ratio)), in_w
-        det_scale = float(new_h) / rgb.shape[0]
+        new_h, new_w, det_scale = self.letterbox_size(rgb.shape)
         interp = cv2.INTER_AREA if new_h < rgb.shape[0] else cv2.INTER_LINEAR
         canvas = np.zeros((in_h, in_w, 3), np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(rgb, (new_w, new_h), interpolation=interp)

@@ -140,16 +140,21 @@ class FaceDetector:
                 face.landmarks68 = self._landmarks68(rgb, face.box)
         return faces
 
-    def _letterbox(self, rgb):
-        """Scale to fit det_size keeping the aspect ratio, pad right/bottom with black (insightface's
-        arithmetic, including one det_scale, from the height, for both axes)."""
+    def letterbox_size(self, shape) -> tuple[int, int, float]:
+        """(new_h, new_w, det_scale) of an image of `shape` fitted into det_size keeping its aspect
+        ratio: insightface's arithmetic, including one det_scale, from the height, for both axes."""
         in_h, in_w = self.input_hw
-        im_ratio = float(rgb.shape[0]) / rgb.shape[1]
+        im_ratio = float(shape[0]) / shape[1]
         if im_ratio > float(in_h) / in_w:
             new_h, new_w = in_h, max(1, int(in_h / im_ratio))
         else:
             new_h, new_w = max(1, int(in_w * im_ratio)), in_w
-        det_scale = float(new_h) / rgb.shape[0]
+        return new_h, new_w, float(new_h) / shape[0]
+
+    def _letterbox(self, rgb):
+        """Scale to fit det_size keeping the aspect ratio, pad right/bottom with black."""
+        in_h, in_w = self.input_hw
+        new_h, new_w, det_scale = self.letterbox_size(rgb.shape)
         # the resize is written straight into the blob, strip by strip, normalised like the
         # black padding: (x - 127.5) / 128 of the uint8 canvas insightface would build
         mean, scale = np.float32(127.5), np.float32(1.0 / 128.0)
