@@ -15,7 +15,8 @@ nodes added to the API prompt batch the rest into the same input, so F2DEncodeFa
 all; a workflow with several face LoadImage nodes (face2diffusion_multi_reference.json) gets
 one photo per node, in the order of the encoder's inputs (image, image_2, ...). Photos batched
 into one input are letterboxed to one size, because ImageBatch would otherwise centre-crop them
-to the first photo's shape (and could cut off a face). To compare several people, run once per person (with --server to keep one server).
+to the first photo's shape (and could cut off a face). To compare several people, run once per
+person (with --server to keep one server).
 """
 from __future__ import annotations
 
