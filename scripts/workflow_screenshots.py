@@ -105,7 +105,10 @@ JS_TEMPLATES = """async () => {
     await new Promise((done) => setTimeout(done, 250));
     item = leaf('%s');
     const heading = opened ? null : leaf('extensions');
-    if (!item && heading) { (heading.closest('button, [role=button], [aria-expanded]') || heading.parentElement).click(); opened = true; }
+    if (!item && heading) {
+      (heading.closest('button, [role=button], [aria-expanded]') || heading.parentElement).click();
+      opened = true;
+    }
   }
   if (item) { item.scrollIntoView(); item.click(); }
   await new Promise((done) => setTimeout(done, 3000));
