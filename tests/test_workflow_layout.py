@@ -14,8 +14,16 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 NAMES = [p.name for p in WORKFLOWS]
 
 
+def read(name):
+    return json.loads((REPO / "workflows" / name).read_text())
+
+
 def layout(name):
-    return wl.from_workflow(json.loads((REPO / "workflows" / name).read_text()))
+    return wl.from_workflow(read(name))
+
+
+def no_problems(problems: list[str]) -> None:
+    assert not problems, "\n".join(problems)
 
 
 def test_there_are_example_workflows():
@@ -24,32 +32,32 @@ def test_there_are_example_workflows():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_two_node_boxes_overlap_title_bars_included(name):
-    assert not wl.overlap_problems(layout(name)), "\n".join(wl.overlap_problems(layout(name)))
+    no_problems(wl.overlap_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_workflow_has_its_groups(name):
-    assert not wl.group_problems(layout(name))
+    no_problems(wl.group_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_node_but_the_notes_is_inside_one_group(name):
-    assert not wl.membership_problems(layout(name)), "\n".join(wl.membership_problems(layout(name)))
+    no_problems(wl.membership_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_links_run_left_to_right(name):
-    assert not wl.flow_problems(layout(name)), "\n".join(wl.flow_problems(layout(name)))
+    no_problems(wl.flow_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nodes_of_a_repeated_or_generic_type_are_titled(name):
-    assert not wl.title_problems(layout(name)), "\n".join(wl.title_problems(layout(name)))
+    no_problems(wl.title_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_default_view_shows_the_whole_graph_readably(name):
-    assert not wl.view_problems(layout(name)), "\n".join(wl.view_problems(layout(name)))
+    no_problems(wl.view_problems(layout(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -64,24 +72,24 @@ def test_the_template_browser_has_a_thumbnail_of_it(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_encode_face_previews_the_faces_it_found_and_what_it_encoded(name):
-    wf = json.loads((REPO / "workflows" / name).read_text())
+    wf = read(name)
     assert any(n["type"] == "F2DEncodeFace" for n in wf["nodes"])
-    assert not wl.preview_problems(wf), "\n".join(wl.preview_problems(wf))
+    no_problems(wl.preview_problems(wf))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_photos_are_not_batched_with_core_batch_images(name):
-    assert not wl.batch_problems(json.loads((REPO / "workflows" / name).read_text()))
+    no_problems(wl.batch_problems(read(name)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_notes_are_short(name):
-    wf = json.loads((REPO / "workflows" / name).read_text())
-    assert not wl.note_problems(wf), "\n".join(wl.note_problems(wf))
+    wf = read(name)
+    no_problems(wl.note_problems(wf))
 
 
 def test_the_multi_reference_workflow_wires_its_photos_to_encode_faces_own_image_inputs():
-    wf = json.loads((REPO / "workflows" / "face2diffusion_multi_reference.json").read_text())
+    wf = read("face2diffusion_multi_reference.json")
     (face,) = [n for n in wf["nodes"] if n["type"] == "F2DEncodeFace"]
     by_link = {link[0]: link for link in wf["links"]}
     by_id = {n["id"]: n for n in wf["nodes"]}
@@ -91,7 +99,7 @@ def test_the_multi_reference_workflow_wires_its_photos_to_encode_faces_own_image
 
 
 def test_the_expression_workflow_says_in_the_graph_that_epoch_20_is_optional_and_needed():
-    wf = json.loads((REPO / "workflows" / "face2diffusion_expression.json").read_text())
+    wf = read("face2diffusion_expression.json")
     lay = wl.from_workflow(wf)
     (group,) = [g for g in lay["groups"] if g["title"] == "Expression"]
     notes = [n for n in wf["nodes"] if n["type"] in wl.NOTES and wl.inside(wl.node_box(n), group["box"])]

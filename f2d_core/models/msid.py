@@ -67,8 +67,8 @@ class Mlp(nn.Module):
     def forward(self, x):
         h = self.fc1(x)
         # The exact (erf) GELU, as timm's nn.GELU(). In place where autograd does not need h: a
-        # second (B*197, 1536) buffer per block makes the allocator hand memory back to the OS and
-        # fault it in again, 10-20% of an encode at batch 8 on 2 cores (benchmarks/RESULTS.md).
+        # second (B*197, 1536) buffer per block can make the allocator hand memory back to the OS and
+        # fault it in again: 2-17% of an encode at batch 8 on 2 cores, by allocator state (RESULTS.md).
         h = F.gelu(h) if torch.is_grad_enabled() and h.requires_grad else torch.ops.aten.gelu_(h)
         return self.fc2(h)
 
