@@ -1,7 +1,9 @@
 """The mapping network f_map of Face2Diffusion (paper §3.3, official IMG2TEXTwithEXP).
 
-identity (B, 1536) ++ expression (B, 64) -> two independent MLPs -> S1*, S2*, each (B, 768),
-the word embeddings that stand in for "f l" in the prompt. The expression defaults to
+identity (B, 1536) ++ expression (B, 64) -> two independent MLPs -> S1*, S2*, each (B, W),
+the word embeddings that stand in for "f l" in the prompt. W is the family's token width:
+768 for SD1.x (the official file), 768 + 1280 = 2048 for SDXL (one word for both encoders,
+split by `Family.split`). The expression defaults to
 the learned `null_exp` (the paper's unconditional expression vector); a per-sample
 mask swaps in `null_exp` where it is 0 (training-time expression dropout, Eq. 4).
 
@@ -38,11 +40,12 @@ class IMG2TEXT_MLP(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    def __init__(self):
+    def __init__(self, token_dim: int = TOKEN_DIM):
         super().__init__()
+        self.token_dim = token_dim
         self.null_exp = nn.Parameter(torch.zeros(EXPRESSION_DIM))
-        self.i2t_first = IMG2TEXT_MLP()
-        self.i2t_last = IMG2TEXT_MLP()
+        self.i2t_first = IMG2TEXT_MLP(out_dim=token_dim)
+        self.i2t_last = IMG2TEXT_MLP(out_dim=token_dim)
 
     def mix_expression(self, batch: int, expression=None, mask=None) -> torch.Tensor:
         """exp * mask + null_exp * (1 - mask), with exp defaulting to null_exp."""
