@@ -59,6 +59,10 @@ class F2DLoadFace(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name):
+        return paths.validation(paths.face_refusal(name))
+
+    @classmethod
     def fingerprint_inputs(cls, name):
         try:
             path = listed_face_path(paths.identity_dir(), name)
@@ -68,6 +72,9 @@ class F2DLoadFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, name):
+        refusal = paths.face_refusal(name) if name is not None else "no saved face chosen"
+        if refusal:
+            raise F2DError(refusal)
         path = listed_face_path(paths.identity_dir(), name)
         if not os.path.isfile(path):
             found = ", ".join(paths.identity_files()) or "none"

@@ -62,6 +62,15 @@ class LoadF2DEncoder(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, msid, mapping, detector, expression_model=NO_EXPRESSION_MODEL):
+        special = (AUTO, DLIB, paths.NO_DETECTOR)
+        return paths.validation(
+            paths.weight_refusal(msid, "msid"), paths.weight_refusal(mapping, "mapping"),
+            None if detector in special else paths.pack_refusal(detector, "detector"),
+            None if expression_model == NO_EXPRESSION_MODEL else paths.weight_refusal(expression_model,
+                                                                                       "expression_model"))
+
+    @classmethod
     def execute(cls, msid, mapping, detector, landmarks_68=True, device="auto", precision="auto",
                 expression_model=NO_EXPRESSION_MODEL):
         if device not in DEVICES:

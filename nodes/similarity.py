@@ -48,11 +48,15 @@ class F2DFaceSimilarity(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, recognizer):
+        return paths.validation(paths.pack_refusal(recognizer, "recognizer"))
+
+    @classmethod
     def execute(cls, reference, images, recognizer, device="auto"):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         # the pack's own finders say what is missing in it; no need to rescan every pack here
-        scorer = load_identity_scorer(paths.detector_pack_path(recognizer), device="cpu" if device == "cpu" else "auto")
+        scorer = load_identity_scorer(paths.recognizer_pack_path(recognizer), device="cpu" if device == "cpu" else "auto")
         identity = scorer.reference(reference)
         pbar = comfy.utils.ProgressBar(int(images.shape[0]))
         result = scorer.score(identity, images, progress=lambda i, n: pbar.update_absolute(i, n),

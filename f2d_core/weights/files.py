@@ -10,7 +10,9 @@ and the headless runner:
 from __future__ import annotations
 
 import hashlib
+import ntpath
 import os
+import posixpath
 
 from ..errors import ModelFilesMissing
 
@@ -28,6 +30,34 @@ SOURCES = {
     "deep3d": ("epoch_20.pth", "Deep3DFaceRecon's expression model, optional",
                f"the Google Drive folders linked in the README of {DEEP3D_URL}"),
 }
+
+
+def name_problem(name) -> str | None:
+    """Why `name` cannot be a file or folder name inside a model folder, or None when it can.
+
+    A node's combo value arrives from any API client, not only from the list the node offered, and
+    ComfyUI 0.3.x does not check it. A name is a relative path as ComfyUI lists it ('x.pt',
+    'sub/x.pt'): no '..' part, no absolute path, drive or UNC prefix (on any OS: a workflow made on
+    Windows reaches Linux servers), no NUL. Checked on the text alone, so a symlink the user put
+    inside the folder (models on another disk) keeps working, as with ComfyUI's own get_full_path."""
+    if not isinstance(name, str) or not name.strip():
+        return "it is empty"
+    if "\0" in name:
+        return "it holds a NUL character"
+    # a leading '\\' is root-relative on Windows, though Python 3.13's ntpath.isabs says no
+    if name.startswith(("/", "\\")) or posixpath.isabs(name) or ntpath.isabs(name) or ntpath.splitdrive(name)[0]:
+        return "it is an absolute path"
+    if any(part == ".." for part in name.replace("\\", "/").split("/")):
+        return "it climbs out of the folder with '..'"
+    return None
+
+
+def inside(folder: str, name: str) -> str:
+    """folder/name for a name that passed name_problem() (ValueError otherwise)."""
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} is not a name inside {folder}: {problem}")
+    return os.path.join(folder, *name.replace("\\", "/").split("/"))
 
 
 def file_sha256(path: str) -> str:
