@@ -168,3 +168,42 @@ def test_a_listed_name_still_loads_and_a_link_inside_the_folder_still_works(comf
     finally:
         link.unlink()  # the server is shared with other modules: leave its lists as they were
     assert any(f.name.startswith("face2diffusion") for f in files)
+
+
+@pytest.mark.parametrize("node, value_input, value, message", [
+    ("LoadF2DEncoder", "msid", "msid_v2.pt",
+     r"msid: 'msid_v2\.pt' is not in .*face2diffusion \(found: .*msid\.pt.*\)\. Put msid\.pt \(the MSID identity "
+     r"encoder, from https://drive\.google\.com/.*\) in .*face2diffusion"),
+    ("LoadF2DEncoder", "mapping", "mapping_v2.pt",
+     r"mapping: 'mapping_v2\.pt' is not in .*face2diffusion \(found: .*mapping\.pt.*\)\. Put mapping\.pt"),
+    ("LoadF2DEncoder", "expression_model", "epoch_99.pth",
+     r"expression_model: 'epoch_99\.pth' is not in .*face2diffusion \(found: .*\)\. Put epoch_20\.pth"),
+    ("LoadF2DEncoder", "detector", "antelopev2",
+     r"detector: insightface pack 'antelopev2' not found under .*insightface.models \(found: buffalo_l.*\)\. Unzip "
+     r"buffalo_l"),
+    ("F2DLoadFace", "name", "nobody.f2d.safetensors",
+     r"no saved face 'nobody\.f2d\.safetensors' in .*face2diffusion \(found: .*\)\. Save one with Save Face first"),
+    ("F2DFaceSimilarity", "recognizer", "antelopev2",
+     r"recognizer: insightface pack 'antelopev2' not found under .*\(found: .*\)\. Unzip buffalo_l"),
+])
+def test_a_file_named_by_a_shared_workflow_but_missing_here_gets_the_packs_message(comfy_server, crop_prompt, photos,
+                                                                                  node, value_input, value, message):
+    """The usual case after loading someone's workflow. ComfyUI >= 0.8 checks combo values before the
+    run ("Value not in list"); the pack's validate_inputs takes that check over for these inputs, so
+    on every host the message says which file, where it is looked for, what is there and where it
+    comes from."""
+    from .comfy_server import PromptError
+    if node == "LoadF2DEncoder":
+        prompt = json.loads(json.dumps(crop_prompt))
+    elif node == "F2DLoadFace":
+        prompt = {"1": {"class_type": "F2DLoadFace", "inputs": {"name": value}},
+                  "2": {"class_type": "F2DSaveFace", "inputs": {"face": ["1", 0], "name": "copied"}}}
+    else:
+        prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": photos["face"]}},
+                  "2": {"class_type": "F2DFaceSimilarity", "inputs": {"reference": ["1", 0], "images": ["1", 0],
+                                                                      "recognizer": value, "device": "cpu"}}}
+    prompt[find_nodes(prompt, node)[0]]["inputs"][value_input] = value
+    with pytest.raises(PromptError) as e:
+        comfy_server.queue(prompt)
+    assert e.value.kind == "execution", f"refused before the run, not by the pack: {e.value}"
+    assert re.search(message, str(e.value)), str(e.value)
