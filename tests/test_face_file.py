@@ -35,6 +35,8 @@ def small_face() -> FaceIdentity:
     ("/anna", r"it has an empty folder part"),
     ("family\\anna", r"it contains '\\\\' \(use '/' for subfolders\)\. Use letters, digits, spaces"),
     ("anna: 2024?", r"it contains ':' '\?'\. Use letters, digits"),
+    ("a\u200bb", r"face name 'a\\u200bb' is not usable: it contains U\+200B \(ZERO WIDTH SPACE, invisible\)\. Use letters"),
+    ("q\u0308", r"it contains U\+0308 \(COMBINING DIAERESIS, invisible\)\. Use letters"),  # no one-letter q-umlaut
     ("CON", r"'CON' is a device name on Windows \(CON, PRN, AUX, NUL, COM0-9, LPT0-9\) .* e\.g\. 'CON_face'"),
     ("family/nul.old", r"'nul' is a device name on Windows"),
     ("com1/anna", r"'com1' is a device name on Windows"),
@@ -56,6 +58,14 @@ def test_unusable_names_are_refused_with_the_rule_they_break(name, message):
                                          ("x" * 150, ["x" * 150])])
 def test_usual_names_are_accepted(name, parts):
     assert face_name_parts(name) == parts
+
+
+def test_a_name_typed_in_decomposed_unicode_is_the_same_name_in_nfc(tmp_path):
+    decomposed, composed = "family/Zoe\u0308", "family/Zo\u00eb"  # macOS file names paste the first
+    assert face_name_parts(decomposed) == ["family", "Zo\u00eb"]
+    path = save_face(small_face(), tmp_path, decomposed)
+    assert path == str(tmp_path / "family" / "Zo\u00eb.f2d.safetensors")
+    assert list_faces(tmp_path) == [composed + ".f2d.safetensors"]  # one file, whichever way it was typed
 
 
 @pytest.mark.parametrize("name", ["x" * 300, "a/" * 2200 + "b", "family/CON/anna", "a/b/../c"])
