@@ -268,15 +268,16 @@ def test_real_photos_and_letterboxed_or_white_backdrop_ones_pass():
 def test_photos_from_several_inputs_keep_their_sizes_and_say_where_they_came_from():
     a, b, c = scene(100, 80), scene(60, 200), scene(120, 120)
     batch = np.stack([c, c])
-    photos, names = photos_from_inputs([("image", a), ("image_2", b), ("image_3", None), ("image_4", batch)])
+    photos, names, batched = photos_from_inputs([("image", a), ("image_2", b), ("image_3", None), ("image_4", batch)])
     assert [p.shape for p in photos] == [(100, 80, 3), (60, 200, 3), (120, 120, 3), (120, 120, 3)]
     assert np.array_equal(photos[1], b)  # never resized or cropped to the first
     assert names == ["image", "image_2", "image_4, photo 1 of 2", "image_4, photo 2 of 2"]
+    assert batched == [False, False, False, True]  # only a later photo of one input's batch
 
 
 def test_one_input_keeps_the_batch_names():
-    photos, names = photos_from_inputs([("image", np.stack([scene(), scene()])), ("image_2", None)])
-    assert len(photos) == 2 and names == ["image 1 of 2", "image 2 of 2"]
+    photos, names, batched = photos_from_inputs([("image", np.stack([scene(), scene()])), ("image_2", None)])
+    assert len(photos) == 2 and names == ["image 1 of 2", "image 2 of 2"] and batched == [False, True]
 
 
 # --- the runner and the scorer read photos the same way --------------------------------------------

@@ -192,15 +192,18 @@ def check_not_truncated(rgb: np.ndarray, name: str = "image") -> None:
         "photo would give a wrong identity. (If the photo really ends in a flat bar, crop it off.)")
 
 
-def photos_from_inputs(inputs) -> tuple[list, list[str]]:
-    """([photo, ...], [name, ...]) from several image inputs, [(input name, images or None), ...],
-    each a list, a batch or one image, kept as they are: photos of different sizes are never
-    resized or cropped to each other (core Batch Images would crop them). Names say where a photo
-    came from: "image 2 of 3" with one input, "image_2" or "image_2, photo 1 of 2" with several."""
+def photos_from_inputs(inputs) -> tuple[list, list[str], list[bool]]:
+    """([photo, ...], [name, ...], [batched, ...]) from several image inputs, [(input name, images or
+    None), ...], each a list, a batch or one image, kept as they are: photos of different sizes are
+    never resized or cropped to each other (core Batch Images would crop them). Names say where a
+    photo came from: "image 2 of 3" with one input, "image_2" or "image_2, photo 1 of 2" with several.
+    batched: True for a photo after the first of one input's batch, which core Batch Images may have
+    cropped to the first one's size (identity.picking says so when it holds no usable face)."""
     given = [(label, as_list(images)) for label, images in inputs if images is not None]
     photos = [p for _, batch in given for p in batch]
+    batched = [k > 0 for _, batch in given for k in range(len(batch))]
     if len(given) == 1:
-        return photos, [f"image {k} of {len(photos)}" for k in range(1, len(photos) + 1)]
+        return photos, [f"image {k} of {len(photos)}" for k in range(1, len(photos) + 1)], batched
     names = [label if len(batch) == 1 else f"{label}, photo {k} of {len(batch)}"
              for label, batch in given for k in range(1, len(batch) + 1)]
-    return photos, names
+    return photos, names, batched
