@@ -399,6 +399,10 @@ def test_a_plain_wall_left_by_batch_images_is_blank_with_the_cause(encoder, dete
     with pytest.raises(NoFaceError, match=r"^image 2 of 2 is blank: the whole image is one flat colour "
                                           r"RGB\(180, 170, 160\).* " + BATCH_HINT):
         encode_as_the_node_does(encoder, detector, batch)
+    from f2d_core.faces.images import photos_from_inputs
+    photos, names, batched = photos_from_inputs([("image", batch)])
+    skipped = encode_images(encoder, photos, detector, names=names, batched=batched, on_no_face="skip").meta["skipped"]
+    assert [s["image"] for s in skipped] == ["image 2 of 2"] and "core Batch Images" in skipped[0]["reason"]
 
 
 def test_a_face_batch_images_cut_by_the_edge_is_refused_not_encoded(encoder, detector):

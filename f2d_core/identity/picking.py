@@ -73,8 +73,8 @@ def pick_faces(images: Sequence, detector=None, crop: CropSpec = ARCFACE_CROP, p
     detector: a detect.FaceDetector, or None when the images already are crops of crop.size.
     policy: "largest", "confident" or an index (see detect.select_face).
     on_no_face: "error" raises at the first photo without a usable face; "skip" leaves it out
-    (a NoFaceError is still raised when no photo is left). Not usable: a blank or saturated image
-    (faces.images.check_photo), no face found, or a chosen face whose box is under min_face_px on
+    (a NoFaceError is still raised when no photo is left). Not usable: a blank, saturated or cut-off
+    image (faces.images.check_photo), no face found, or a chosen face whose box is under min_face_px on
     its longer side (0 allows any size).
     progress(done, total) after each photo; check_interrupt() before each.
     batched: per photo, True when it came after the first of one IMAGE batch (faces.images.
@@ -98,16 +98,12 @@ def pick_faces(images: Sequence, detector=None, crop: CropSpec = ARCFACE_CROP, p
         if check_interrupt:
             check_interrupt()
         try:
-            try:
-                _pick_one(out, i, to_rgb_uint8(image, name), name, detector, crop, policy, min_face_px, batched[i])
-            except NoFaceError as e:
-                if not batched[i]:
-                    raise
-                raise NoFaceError(f"{e} {BATCH_CROP_HINT.format(name=name, fix=batch_fix)}") from None
+            _pick_one(out, i, to_rgb_uint8(image, name), name, detector, crop, policy, min_face_px, batched[i])
         except NoFaceError as e:
+            error = NoFaceError(f"{e} {BATCH_CROP_HINT.format(name=name, fix=batch_fix)}") if batched[i] else e
             if on_no_face == "error":
-                raise
-            out.skipped.append({"image": name, "index": i, "reason": str(e)})
+                raise error from None
+            out.skipped.append({"image": name, "index": i, "reason": str(error)})
         if progress:
             progress(i + 1, len(images))
     if not out.crops:
@@ -121,7 +117,7 @@ def _pick_one(out: PickedFaces, i: int, rgb: np.ndarray, name: str, detector, cr
     """Add photo i's crop, face and detection record to `out`; NoFaceError (its detection recorded)
     when it has no usable face (for a batched photo, also a face cut by the image's edge)."""
     try:
-        check_photo(rgb, name)  # blank or saturated: no face to find, say so rather than "no face"
+        check_photo(rgb, name)  # blank, saturated or cut off: say so rather than "no face"
     except NoFaceError:
         out.detections.append({"image": name, **face_record([], None)})
         raise
