@@ -48,6 +48,11 @@ def parse_vector(text: str, dim: int = 64, name: str = "expression vector") -> t
         bad = next(p for p in parts if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", p))
         raise F2DError(f"{name}: {bad!r} is not a number; give {dim} numbers separated by commas.") from None
     if len(values) != dim:
+        decimal_comma = re.search(r"[-+]?\d+,\d+", text)  # '0,5': a comma between digits, no space
+        if decimal_comma:
+            raise F2DError(f"{name}: expected {dim} numbers, got {len(values)}: the text writes decimals with a "
+                           f"comma ({decimal_comma.group()!r}), and ',' also separates the numbers, so each number "
+                           "is read as two. Write decimals with a point (0.5, not 0,5), separated by commas.")
         raise F2DError(f"{name}: expected {dim} numbers, got {len(values)}. Paste all {dim} coefficients, "
                        "separated by commas.")
     t = torch.tensor(values, dtype=torch.float32)

@@ -35,7 +35,7 @@ class F2DEncodeFace(io.ComfyNode):
                              tooltip="With face = index: 0 is the largest face, 1 the second largest, ..."),
                 io.Combo.Input("on_no_face", options=list(choices.ON_NO_FACE), default="error",
                                tooltip="error: stop when a photo has no usable face (none found, too small, "
-                                       "a blank or saturated image). skip: leave that photo out (still an error "
+                                       "a blank, saturated or cut-off image). skip: leave that photo out (still an error "
                                        "when no photo is left)."),
                 io.Int.Input("min_face_px", default=MIN_FACE_PX, min=0, max=4096,
                              tooltip=f"Smallest face encoded: pixels on the longer side of its box (default "
@@ -59,12 +59,13 @@ class F2DEncodeFace(io.ComfyNode):
     def execute(cls, encoder, image, face="largest", index=0, on_no_face="error", min_face_px=MIN_FACE_PX,
                 image_2=None, image_3=None, image_4=None):
         policy = choices.face_policy(face, index)
-        photos, names = photos_from_inputs([("image", image), ("image_2", image_2), ("image_3", image_3),
-                                            ("image_4", image_4)])
+        photos, names, batched = photos_from_inputs([("image", image), ("image_2", image_2), ("image_3", image_3),
+                                                     ("image_4", image_4)])
         pbar = comfy.utils.ProgressBar(len(photos))
         with encoder.loaded() as f2d:  # the identity comes back on the CPU
             identity = encode_images(f2d, photos, encoder.detector, policy=policy, names=names,
                                      on_no_face=choices.on_no_face(on_no_face), min_face_px=min_face_px,
+                                     batched=batched,
                                      progress=lambda i, n: pbar.update_absolute(i, n),
                                      check_interrupt=mm.throw_exception_if_processing_interrupted)
         crops = identity.aligned.float() / 255.0

@@ -4,6 +4,8 @@ comfy-cli packs git-tracked files minus `.comfyignore`; to pack the working tree
 the last commit), its tracked and not-ignored files are copied into a fresh git repository first."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -68,3 +70,23 @@ def flagged_lines(archive: Path) -> list[str]:
                     if pattern.search(line):
                         hits.append(f"{name}:{no}: {line.strip()} ({rule})")
     return hits
+
+
+def bandit() -> list[str] | None:
+    """The command that runs bandit (a test dependency), or None when it is not installed."""
+    return [sys.executable, "-m", "bandit"] if importlib.util.find_spec("bandit") else None
+
+
+def bandit_findings(archive: Path, workdir: Path) -> list[str]:
+    """'path:line: TEST_ID text (severity)' for every finding of bandit's default profile (no config,
+    every test, every severity and confidence: the registry flags a version on any) in the unpacked archive."""
+    unpacked = workdir / "unpacked"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(unpacked)
+    done = subprocess.run(bandit() + ["-r", str(unpacked), "-f", "json", "-q"], capture_output=True, text=True,
+                          timeout=300)
+    report = json.loads(done.stdout)
+    if report["errors"]:  # a file bandit could not parse is a file it did not check
+        raise RuntimeError(f"bandit could not scan: {report['errors']}")
+    return [f"{Path(r['filename']).relative_to(unpacked)}:{r['line_number']}: {r['test_id']} {r['issue_text']} "
+            f"({r['issue_severity']})" for r in report["results"]]

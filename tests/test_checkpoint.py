@@ -46,6 +46,16 @@ def test_convert_command_line(official_weights, tmp_path):
     assert "(mapping)" in r.stdout and out.exists()
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_converted_checkpoint_gets_the_mode_the_umask_gives_any_new_file(official_weights, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        convert(official_weights["mapping"], str(tmp_path / "mapping.safetensors"))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "mapping.safetensors").st_mode & 0o777) == oct(mode)
+
+
 def test_data_parallel_prefix_and_state_dict_wrapper_are_accepted(official_weights, tmp_path):
     sd = read_state_dict(official_weights["mapping"])
     wrapped = tmp_path / "wrapped.pt"

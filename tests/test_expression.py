@@ -332,6 +332,18 @@ def test_no_face_in_the_expression_reference_names_the_image(regressor, detector
         regressor.expression([faceless(64, 64)], detector, on_no_face="skip")
 
 
+def test_a_reference_batch_whose_later_photo_has_no_face_names_the_batch_and_its_fix(regressor, detector):
+    batch = torch.from_numpy(np.stack([photo(8, 8), faceless(640, 640)])).float() / 255.0  # one IMAGE batch
+    with pytest.raises(NoFaceError, match=r"^Expression reference: No face found in expression image 2 of 2\..* "
+                                          r"expression image 2 of 2 came after the first image of one batch: core "
+                                          r"Batch Images resizes and centre-crops every later image to the first "
+                                          r"one's size.* Batch only photos of the same size as the first \(or crop "
+                                          r"them alike first\), or give one reference photo\.$"):
+        regressor.expression(batch, detector)
+    with pytest.raises(NoFaceError, match=r"No face found in smile\.jpg\. Use a clearer photo[^.]*\.$"):
+        regressor.expression([photo(8, 8), faceless()], detector, names=["me.jpg", "smile.jpg"])  # separate photos
+
+
 def test_without_a_detector_images_must_be_deep3d_crops(regressor):
     crop = smooth_noise(224, 224, seed=1)
     torch.testing.assert_close(regressor.expression([crop]), regressor.predict(crop)[:, 80:144])

@@ -4,6 +4,11 @@ A name is checked before anything touches the disk; the file is written through 
 its own folder and renamed; temp files of killed saves are cleared; only complete files are listed."""
 import errno
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -30,6 +35,8 @@ def small_face() -> FaceIdentity:
     ("/anna", r"it has an empty folder part"),
     ("family\\anna", r"it contains '\\\\' \(use '/' for subfolders\)\. Use letters, digits, spaces"),
     ("anna: 2024?", r"it contains ':' '\?'\. Use letters, digits"),
+    ("a\u200bb", r"face name 'a\\u200bb' is not usable: it contains U\+200B \(ZERO WIDTH SPACE, invisible\)\. Use letters"),
+    ("q\u0308", r"it contains U\+0308 \(COMBINING DIAERESIS, invisible\)\. Use letters"),  # no one-letter q-umlaut
     ("CON", r"'CON' is a device name on Windows \(CON, PRN, AUX, NUL, COM0-9, LPT0-9\) .* e\.g\. 'CON_face'"),
     ("family/nul.old", r"'nul' is a device name on Windows"),
     ("com1/anna", r"'com1' is a device name on Windows"),
@@ -51,6 +58,14 @@ def test_unusable_names_are_refused_with_the_rule_they_break(name, message):
                                          ("x" * 150, ["x" * 150])])
 def test_usual_names_are_accepted(name, parts):
     assert face_name_parts(name) == parts
+
+
+def test_a_name_typed_in_decomposed_unicode_is_the_same_name_in_nfc(tmp_path):
+    decomposed, composed = "family/Zoe\u0308", "family/Zo\u00eb"  # macOS file names paste the first
+    assert face_name_parts(decomposed) == ["family", "Zo\u00eb"]
+    path = save_face(small_face(), tmp_path, decomposed)
+    assert path == str(tmp_path / "family" / "Zo\u00eb.f2d.safetensors")
+    assert list_faces(tmp_path) == [composed + ".f2d.safetensors"]  # one file, whichever way it was typed
 
 
 @pytest.mark.parametrize("name", ["x" * 300, "a/" * 2200 + "b", "family/CON/anna", "a/b/../c"])
@@ -99,6 +114,63 @@ def test_stale_temp_files_of_killed_saves_are_removed_and_nothing_else(tmp_path)
     assert names["old_ours"] not in left and names["old_legacy"] not in left
     assert {names[k] for k in ("fresh_ours", "old_other", "old_similar", "old_face")} <= left
     assert "anna.f2d.safetensors" in left
+
+
+def killed_save(folder) -> str:
+    """Start a real save of a 26 MB identity in another python, SIGKILL it while safetensors is writing
+    its own temp file, and return that file's name: what a user's kill or crash leaves."""
+    script = ("import sys, torch\n"
+              "from f2d_core.identity.face_file import FaceIdentity, save_face\n"
+              "face = FaceIdentity(features=torch.zeros(1536), s1=torch.zeros(768), s2=torch.zeros(768),\n"
+              "                    aligned=torch.zeros(700, 112, 112, 3, dtype=torch.uint8))\n"
+              "for _ in range(50):\n"
+              "    save_face(face, sys.argv[1], 'anna')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            temps = [n for n in os.listdir(folder) if n.startswith(".tmp")]
+            if temps and os.path.getsize(os.path.join(folder, temps[0])) > 1 << 20:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return temps[0]
+        raise AssertionError("no safetensors temp file was seen while saving")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_temp_file_of_a_save_killed_inside_safetensors_is_removed_and_no_one_elses(tmp_path):
+    from safetensors.torch import save_file
+    root = tmp_path / "faces"
+    root.mkdir()
+    left_by_kill = killed_save(root)
+    assert re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", left_by_kill)  # the name safetensors' save_file writes first
+    others = {".tmpOther1": {"format": "someone.else"}, ".tmpNoMeta": None}  # other programs' safetensors
+    for name, meta in others.items():
+        save_file({"x": torch.zeros(4)}, str(root / name), metadata=meta)
+    (root / ".tmpNotes1").write_text("a user's own hidden file")
+    (root / ".tmpAbcdefg").write_bytes((root / left_by_kill).read_bytes()[:4096])  # 7 letters: not the pattern
+    hour_ago = time.time() - outputs.STALE_AFTER_S - 60
+    for name in os.listdir(root):
+        os.utime(root / name, (hour_ago, hour_ago))
+    fresh = ".tmpFresh1"  # a save in progress in another process right now
+    (root / fresh).write_bytes((root / left_by_kill).read_bytes()[:4096])
+    save_face(small_face(), root, "bob")
+    left = set(os.listdir(root))
+    assert left_by_kill not in left
+    assert {".tmpOther1", ".tmpNoMeta", ".tmpNotes1", ".tmpAbcdefg", fresh, "bob.f2d.safetensors"} <= left
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_saved_face_gets_the_mode_the_umask_gives_any_new_file(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_face(small_face(), tmp_path, "family/anna")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(mode)  # safetensors alone writes 0600
 
 
 def test_a_failed_write_leaves_no_temp_file_and_removes_the_folders_it_made(tmp_path, monkeypatch):

@@ -10,22 +10,43 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 import recognizer_onnx as ro
 from conftest import SHARED
 from f2d_core.errors import F2DError, NoFaceError
-from f2d_core.faces.images import (BLANK_STD, SATURATED_FRACTION, check_photo, photos_from_inputs, read_image)
+from f2d_core.faces.images import (BLANK_STD, SATURATED_FRACTION, check_photo, photos_from_inputs, read_image,
+                                   to_rgb_uint8)
 
 ORIENTATION = 0x0112  # the EXIF tag; 6: the stored picture is shown turned 90 degrees clockwise
 
 
+def pillow(fn, arg):
+    """ComfyUI's node_helpers.pillow, copied: on a decoding error, retry with LOAD_TRUNCATED_IMAGES."""
+    prev_value = None
+    try:
+        x = fn(arg)
+    except (OSError, UnidentifiedImageError, ValueError):
+        prev_value = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        x = fn(arg)
+    finally:
+        if prev_value is not None:
+            ImageFile.LOAD_TRUNCATED_IMAGES = prev_value
+    return x
+
+
 def load_image(path) -> np.ndarray:
     """ComfyUI LoadImage's pixels (uint8, before its /255), copied from its code."""
-    i = ImageOps.exif_transpose(Image.open(path))
+    i = pillow(ImageOps.exif_transpose, pillow(Image.open, path))
     if i.mode == 'I':
         i = i.point(lambda i: i * (1 / 255))
     return np.array(i.convert("RGB"))
+
+
+def load_image_tensor(path) -> np.ndarray:
+    """What a node receives from LoadImage: float32 [1, H, W, 3] in 0..1."""
+    return (load_image(path).astype(np.float32) / 255.0)[None]
 
 
 def scene(h=120, w=200, seed=0) -> np.ndarray:
@@ -72,6 +93,57 @@ def test_16_bit_grayscale_is_scaled_to_8_bits_not_saturated(tmp_path):
     assert np.array_equal(got, np.repeat(expected[:, :, None], 3, axis=2))
     assert got.min() == 0 and got.max() == 255 and abs(got.mean() - 127.5) < 0.5
     check_photo(got, "gray16.png")  # a usable photo
+
+
+def test_a_16_bit_photo_white_but_for_a_few_dark_pixels_gets_the_16_bit_hint_not_blank(tmp_path):
+    """A real 16-bit photo keeps only its darkest pixels (levels under 255 of 65535) through Load Image:
+    too few to count as spread, so it must not be called one flat colour."""
+    levels = np.full((400, 400), 30000, np.uint16)
+    levels[::97, ::89] = 100  # 25 near-black pixels
+    Image.fromarray(levels).save(tmp_path / "scan16.png")
+    host = load_image(tmp_path / "scan16.png")
+    assert (host != 255).any(axis=2).sum() == 25
+    with pytest.raises(NoFaceError, match=r"^scan16\.png is saturated: all but 25 of its 160000 pixels are pure "
+                                          r"white\. ComfyUI's Load Image does this to 16-bit grayscale PNGs; save the "
+                                          r"photo as an 8-bit PNG or a JPEG"):
+        check_photo(to_rgb_uint8(load_image_tensor(tmp_path / "scan16.png")), "scan16.png")
+    with pytest.raises(NoFaceError, match=r"^white\.png is blank: the whole image is one flat colour "
+                                          r"RGB\(255, 255, 255\)"):  # all white: nothing says 16-bit
+        check_photo(np.full((400, 400, 3), 255, np.uint8), "white.png")
+
+
+def truncated(tmp_path, fmt: str, keep: float) -> str:
+    """A real face photo saved as `fmt` and cut to `keep` of its bytes, as an interrupted copy leaves it."""
+    buf = io.BytesIO()
+    Image.open(SHARED / "faces" / "f2d_input_0.jpg").convert("RGB").save(buf, fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(buf.getvalue()[:int(len(buf.getvalue()) * keep)])
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt, fill", [("JPEG", r"grey RGB\(128, 128, 128\)"), ("PNG", r"black RGB\(0, 0, 0\)")])
+def test_a_photo_load_image_decoded_from_a_truncated_file_is_refused_with_the_cause(tmp_path, fmt, fill):
+    path = truncated(tmp_path, fmt, 0.7)
+    image = to_rgb_uint8(load_image_tensor(path))  # the pixels Encode Face gets from Load Image
+    with pytest.raises(NoFaceError, match=rf"^image looks cut off: its lower \d+ of 512 rows \(from y=\d+ down\) "
+                                          rf"are exactly one flat {fill}, which is what ComfyUI's Load Image fills in "
+                                          r"for the missing part of a truncated file\. Copy or export the photo again "
+                                          r"\(the file ends early\) and load that"):
+        check_photo(image, "image")
+    with pytest.raises(F2DError, match="truncated"):  # the engine's own reader refuses the file itself
+        read_image(path)
+
+
+def test_photos_ending_in_a_flat_bar_of_their_own_pass():
+    photo = read_image(SHARED / "faces" / "f2d_input_0.jpg")
+    check_photo(photo)
+    padded = np.zeros((700, 600, 3), np.uint8)  # padded right and below, as pad nodes do
+    padded[:512, :512] = photo
+    check_photo(padded)
+    letterboxed = np.full((700, 512, 3), 128, np.uint8)  # grey bars above and below
+    letterboxed[94:606] = photo
+    check_photo(letterboxed)
+    check_photo(photo[:, :, ::-1][::-1].copy())  # its own dark edge at the bottom is not one exact colour
 
 
 def test_load_image_saturates_16_bit_grayscale_and_check_photo_says_so(tmp_path):
@@ -196,15 +268,16 @@ def test_real_photos_and_letterboxed_or_white_backdrop_ones_pass():
 def test_photos_from_several_inputs_keep_their_sizes_and_say_where_they_came_from():
     a, b, c = scene(100, 80), scene(60, 200), scene(120, 120)
     batch = np.stack([c, c])
-    photos, names = photos_from_inputs([("image", a), ("image_2", b), ("image_3", None), ("image_4", batch)])
+    photos, names, batched = photos_from_inputs([("image", a), ("image_2", b), ("image_3", None), ("image_4", batch)])
     assert [p.shape for p in photos] == [(100, 80, 3), (60, 200, 3), (120, 120, 3), (120, 120, 3)]
     assert np.array_equal(photos[1], b)  # never resized or cropped to the first
     assert names == ["image", "image_2", "image_4, photo 1 of 2", "image_4, photo 2 of 2"]
+    assert batched == [False, False, False, True]  # only a later photo of one input's batch
 
 
 def test_one_input_keeps_the_batch_names():
-    photos, names = photos_from_inputs([("image", np.stack([scene(), scene()])), ("image_2", None)])
-    assert len(photos) == 2 and names == ["image 1 of 2", "image 2 of 2"]
+    photos, names, batched = photos_from_inputs([("image", np.stack([scene(), scene()])), ("image_2", None)])
+    assert len(photos) == 2 and names == ["image 1 of 2", "image 2 of 2"] and batched == [False, True]
 
 
 # --- the runner and the scorer read photos the same way --------------------------------------------

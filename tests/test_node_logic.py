@@ -41,6 +41,15 @@ def test_bad_expression_vectors_are_explained(text, match):
         parse_vector(text)
 
 
+@pytest.mark.parametrize("separator", ["; ", " ", "\n"])
+def test_decimal_commas_are_named_rather_than_counted_as_twice_the_numbers(separator):
+    text = separator.join(f"{i / 100:.2f}".replace(".", ",") for i in range(-32, 32))  # 64 numbers as de_DE writes
+    with pytest.raises(F2DError, match=r"^expression vector: expected 64 numbers, got 128: the text writes decimals "
+                                       r"with a comma \('-0,32'\), and ',' also separates the numbers, so each "
+                                       r"number is read as two\. Write decimals with a point \(0\.5, not 0,5\)"):
+        parse_vector(text)
+
+
 def cond(value, pooled):
     return [[torch.full((1, 77, 768), value), {"pooled_output": torch.full((1, 768), pooled), "area": (1, 2)}]]
 

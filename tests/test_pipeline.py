@@ -332,3 +332,92 @@ def test_encode_command_min_face_px_allows_a_small_face(models_dir, tmp_path):
     assert r.returncode == 2 and "small.png: the face is only 16x16 pixels" in r.stderr
     r = run_cli(*args, "--min-face-px", "0")
     assert r.returncode == 0, r.stderr
+
+
+# --- photos core Batch Images cut to the first one's size (issue 21) ------------------------------
+
+def batch_images(image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's core Batch Images (nodes.py ImageBatch.batch with comfy.utils.common_upscale, bilinear,
+    centre crop), copied line for line: ComfyUI cannot be imported here."""
+    if image1.shape[1:] != image2.shape[1:]:
+        samples, width, height = image2.movedim(-1, 1), image1.shape[2], image1.shape[1]
+        old_width, old_height = samples.shape[-1], samples.shape[-2]
+        old_aspect, new_aspect = old_width / old_height, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
+        s = samples.narrow(-2, y, old_height - y * 2).narrow(-1, x, old_width - x * 2)
+        image2 = torch.nn.functional.interpolate(s, size=(height, width), mode="bilinear").movedim(1, -1)
+    return torch.cat((image1, image2), dim=0)
+
+
+def as_load_image(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).float()[None] / 255.0
+
+
+def wide_photo(face_x: int, face_size: int = 32, wall=None) -> np.ndarray:
+    """A 640x1920 photo: a face (a painted square, a stride-32 cell for the test detector where it
+    sees the picture at 640 px: 96 px in the whole photo, 32 px in a 640 crop) at x=face_x, y=288, on
+    a textured background the test detector sees no face in, or on a plain wall (one colour with a
+    level of noise)."""
+    img = np.zeros((640, 1920, 3), np.uint8)
+    img[:, :, 2] = np.linspace(0, 255, 1920, dtype=np.uint8)[None, :]
+    img[::3, ::2, 1] = 90
+    if wall is not None:
+        img[:] = wall
+        img[::2, ::3] += 1
+    img[288:288 + face_size, face_x:face_x + face_size] = (255, om.STRIDE_GREEN[32], 60)
+    return img
+
+
+def encode_as_the_node_does(encoder, detector, image, **inputs):
+    from f2d_core.faces.images import photos_from_inputs
+    photos, names, batched = photos_from_inputs([("image", image), *inputs.items()])
+    return encode_images(encoder, photos, detector, names=names, batched=batched)
+
+
+BATCH_HINT = (r"image 2 of 2 came after the first image of one batch: core Batch Images resizes and centre-crops "
+              r"every later image to the first one's size, which cuts the face out of a photo of another shape\. "
+              r"Connect each photo to its own input instead \(image_2\.\.image_4 of Encode Face\), which keeps "
+              r"every photo whole\.$")
+
+
+def test_a_wide_photo_batch_images_cut_the_face_from_is_refused_naming_the_cause_and_image_2(encoder, detector):
+    wide = wide_photo(face_x=96, face_size=96)  # the face near the left end: Batch Images keeps x 640..1280
+    batch = batch_images(as_load_image(photo(5, 5)), as_load_image(wide))
+    with pytest.raises(NoFaceError, match=r"^No face found in image 2 of 2\..* " + BATCH_HINT):
+        encode_as_the_node_does(encoder, detector, batch)
+    ident = encode_as_the_node_does(encoder, detector, as_load_image(photo(5, 5)), image_2=as_load_image(wide))
+    assert ident.num_faces == 2  # the fix the message gives: the same photo on image_2 is used whole
+
+
+def test_a_plain_wall_left_by_batch_images_is_blank_with_the_cause(encoder, detector):
+    batch = batch_images(as_load_image(photo(5, 5)), as_load_image(wide_photo(face_x=96, face_size=96,
+                                                                                  wall=(180, 170, 160))))
+    with pytest.raises(NoFaceError, match=r"^image 2 of 2 is blank: the whole image is one flat colour "
+                                          r"RGB\(180, 170, 160\).* " + BATCH_HINT):
+        encode_as_the_node_does(encoder, detector, batch)
+    from f2d_core.faces.images import photos_from_inputs
+    photos, names, batched = photos_from_inputs([("image", batch)])
+    skipped = encode_images(encoder, photos, detector, names=names, batched=batched, on_no_face="skip").meta["skipped"]
+    assert [s["image"] for s in skipped] == ["image 2 of 2"] and "core Batch Images" in skipped[0]["reason"]
+
+
+def test_a_face_batch_images_cut_by_the_edge_is_refused_not_encoded(encoder, detector):
+    """The test detector boxes a face 2 cells wide around its painted cell (0.5 cell to its left): a face
+    painted where Batch Images' crop begins keeps its cell, but its box is cut by the left edge."""
+    batch = batch_images(as_load_image(photo(5, 5)), as_load_image(wide_photo(face_x=640)))
+    with pytest.raises(NoFaceError, match=r"^image 2 of 2: the face found is cut by the image's left edge \(25% of its "
+                                          r"box lies outside the image\), so only part of it could be encoded\. "
+                                          + BATCH_HINT):
+        encode_as_the_node_does(encoder, detector, batch)
+
+
+def test_faces_at_the_edge_of_separate_photos_and_whole_batches_are_still_encoded(encoder, detector):
+    edge = np.ascontiguousarray(wide_photo(face_x=640)[:, 640:1280])  # the same pixels, given on their own
+    assert encode_as_the_node_does(encoder, detector, as_load_image(photo(5, 5)),
+                                   image_2=as_load_image(edge)).num_faces == 2
+    same_size = batch_images(as_load_image(photo(5, 5)), as_load_image(photo(9, 4)))  # nothing cropped
+    assert encode_as_the_node_does(encoder, detector, same_size).num_faces == 2

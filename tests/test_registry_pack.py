@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from registry_pack import REPO, comfy_cli, flagged_lines, pack
+from registry_pack import REPO, bandit, bandit_findings, comfy_cli, flagged_lines, pack
 
 pytestmark = pytest.mark.skipif(comfy_cli() is None, reason="comfy-cli is not installed (pip install comfy-cli; "
                                                              "requirements-test.txt has it)")
@@ -36,6 +36,25 @@ def test_the_archive_holds_only_the_nodes_the_engine_and_the_workflows(names):
 
 def test_no_shipped_line_matches_the_registry_scanners_rules(archive):
     assert flagged_lines(archive) == []
+
+
+needs_bandit = pytest.mark.skipif(bandit() is None, reason="bandit is not installed (requirements-test.txt has it)")
+
+
+@needs_bandit
+def test_bandit_finds_nothing_in_the_archive(archive, tmp_path):
+    """bandit's default profile, as the registry runs it: any finding of any severity flags the version."""
+    assert bandit_findings(archive, tmp_path) == []
+
+
+@needs_bandit
+def test_bandit_reports_what_the_registry_would_flag(tmp_path):
+    """The check above is only worth something if bandit runs and reports through it."""
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("nodes/x.py", "import pickle\n\n\ndef load(f):\n    return pickle.load(f)\n")
+    found = bandit_findings(bad, tmp_path)
+    assert [f.split(" ")[:2] for f in found] == [["nodes/x.py:1:", "B403"], ["nodes/x.py:5:", "B301"]]
 
 
 def test_every_engine_module_the_nodes_import_is_shipped(names):

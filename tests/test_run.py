@@ -363,6 +363,40 @@ def test_server_that_exits_at_start_shows_its_log_tail(tmp_path, capsys):
     assert str(tmp_path / "out" / "comfyui.log") in err
 
 
+# ComfyUI 0.3.64's own last lines on this machine (CPU-only torch) when started without --cpu; 0.8.0 ends alike
+NO_CUDA_LOG = """Checkpoint files will always be loaded safely.
+Traceback (most recent call last):
+  File "/ComfyUI/main.py", line 149, in <module>
+    import execution
+  File "/ComfyUI/comfy/model_management.py", line 187, in get_torch_device
+    return torch.device(torch.cuda.current_device())
+  File "/ComfyUI/venv/lib/python3.11/site-packages/torch/cuda/__init__.py", line 522, in _lazy_init
+    raise AssertionError("Torch not compiled with CUDA enabled")
+AssertionError: Torch not compiled with CUDA enabled"""
+
+
+def test_a_comfyui_whose_torch_has_no_cuda_ends_with_the_hint_to_add_cpu(tmp_path, capsys):
+    root = fake_checkout(tmp_path, f"import sys\nprint({NO_CUDA_LOG!r})\nsys.exit(1)\n")
+    rc = main(["--comfyui", str(root), "--python", sys.executable, "--face", photo(tmp_path / "a.png"),
+               "--prompt", "f l", "--workflow", WORKFLOW, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "AssertionError: Torch not compiled with CUDA enabled" in err
+    assert err.rstrip().endswith(
+        "AssertionError: Torch not compiled with CUDA enabled\nComfyUI's torch cannot use a GPU on this machine (a "
+        "CPU-only torch, or no NVIDIA driver), and ComfyUI uses the GPU unless started with --cpu. Add --cpu to the "
+        "command to run on the CPU (slower; for a GPU, install a CUDA build of torch in ComfyUI's python).")
+
+
+def test_a_node_stopping_on_a_missing_gpu_gets_the_same_hint():
+    from f2d_core.client.comfy import ExecutionFailed
+    e = ExecutionFailed({"node_id": "4", "node_type": "CheckpointLoaderSimple", "exception_type": "AssertionError",
+                         "exception_message": "Torch not compiled with CUDA enabled"})
+    assert str(e).startswith("ComfyUI failed in node 4 (CheckpointLoaderSimple): AssertionError: Torch not compiled "
+                             "with CUDA enabled\nComfyUI's torch cannot use a GPU on this machine")
+    assert "--cpu" not in str(ExecutionFailed({"node_id": "5", "exception_type": "ValueError",
+                                               "exception_message": "placeholder 'f l' not found"}))
+
+
 def test_server_that_never_answers_times_out_with_its_log(tmp_path):
     root = fake_checkout(tmp_path, "import time\nprint('loading custom nodes...', flush=True)\ntime.sleep(30)\n")
     with pytest.raises(ServerStartError, match=r"did not answer on http://127.0.0.1:\d+ within 1 s(.|\n)*loading"):

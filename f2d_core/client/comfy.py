@@ -46,6 +46,19 @@ class PromptRejected(ComfyError):
         super().__init__("\n".join(lines))
 
 
+# What torch says when ComfyUI, started without --cpu, asks a torch with no usable GPU for one: a
+# CPU-only build (ComfyUI 0.3.64 and 0.8.0 stop at start with it), or a CUDA build without a driver
+NO_GPU_SIGNS = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver")
+NO_GPU_HINT = ("ComfyUI's torch cannot use a GPU on this machine (a CPU-only torch, or no NVIDIA driver), and "
+               "ComfyUI uses the GPU unless started with --cpu. Add --cpu to the command to run on the CPU "
+               "(slower; for a GPU, install a CUDA build of torch in ComfyUI's python).")
+
+
+def no_gpu_hint(text: str) -> str:
+    """NO_GPU_HINT on a line of its own when `text` (a log, an error) shows torch finding no GPU."""
+    return f"\n{NO_GPU_HINT}" if any(sign in text for sign in NO_GPU_SIGNS) else ""
+
+
 class ExecutionFailed(ComfyError):
     """A node raised while ComfyUI ran the prompt (an execution_error message)."""
 
@@ -54,7 +67,7 @@ class ExecutionFailed(ComfyError):
         self.exception_type = str(data.get("exception_type", "")).rsplit(".", 1)[-1]
         self.exception_message = str(data.get("exception_message", "")).strip()
         super().__init__(f"ComfyUI failed in node {self.node_id} ({self.node_type}): "
-                         f"{self.exception_type}: {self.exception_message}")
+                         f"{self.exception_type}: {self.exception_message}{no_gpu_hint(self.exception_message)}")
 
 
 def _short(text, limit: int = 300) -> str:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .comfy import ComfyClient, ComfyError
+from .comfy import ComfyClient, ComfyError, no_gpu_hint
 
 
 class ServerStartError(ComfyError):
@@ -65,7 +65,7 @@ def _hint(tail: str) -> str:
                 "python_embeded on Windows)?")
     if "address already in use" in tail.lower() or "Errno 98" in tail:
         return "\nThe port is taken: pick another one, or leave it out to use a free one."
-    return ""
+    return no_gpu_hint(tail)
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:

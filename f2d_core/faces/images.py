@@ -7,7 +7,8 @@ pipeline.
 
 read_image takes files, and sees what ComfyUI's LoadImage sees, so the CLI, the runner and
 the scorer encode the same pixels as the nodes (see its docstring for the two deliberate
-differences). check_photo refuses images that cannot hold a usable face: blank or saturated.
+differences). check_photo refuses images that cannot hold a usable face: blank, saturated, or
+filled in below a point (a truncated file, as Load Image decodes it).
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ BLANK_STD = 2.0
 # white backdrop still leaves far more than 5% of the picture not pure white.
 SATURATED_FRACTION = 0.95
 _CHECK_PIXELS = 1 << 20  # the checks look at about a million pixels, every n-th row and column
+# What Pillow leaves in the rows a truncated file no longer holds when ComfyUI's Load Image decodes it
+# anyway (ImageFile.LOAD_TRUNCATED_IMAGES): libjpeg's fill for a baseline JPEG is mid grey, the PNG
+# decoder leaves zeros. Every pixel of those rows is exactly that colour, which a photo, with its
+# noise, never is over whole rows; TRUNCATED_MIN_ROWS is one JPEG block row (8 px, 16 subsampled).
+TRUNCATED_FILL = {(128, 128, 128): "grey", (0, 0, 0): "black"}
+TRUNCATED_MIN_ROWS = 8
 
 
 def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
@@ -133,10 +140,24 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def check_photo(rgb: np.ndarray, name: str = "image") -> None:
-    """Refuse an image no face can be taken from: blank (one flat colour, BLANK_STD) or saturated
-    (over SATURATED_FRACTION pure white). NoFaceError, so on_no_face="skip" can leave it out."""
+    """Refuse an image no face can be taken from: saturated (over SATURATED_FRACTION pure white, with
+    some pixels that are not: a 16-bit PNG through Load Image), blank (one flat colour, BLANK_STD), or
+    decoded from a truncated file (a bottom band of TRUNCATED_FILL). NoFaceError, so
+    on_no_face="skip" can leave it out."""
     step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // _CHECK_PIXELS))
     sample = rgb[::step, ::step]
+    white = float((sample == 255).all(axis=-1).mean())
+    if white > SATURATED_FRACTION:
+        # before "blank": a 16-bit photo keeps its darkest pixels, too few to count as spread
+        white_px = int((rgb == 255).all(axis=-1).sum())
+        total = rgb.shape[0] * rgb.shape[1]
+        if white_px < total:
+            share = (f"{white_px / total:.1%} of its pixels are" if white_px / total < 0.9995
+                     else f"all but {total - white_px} of its {total} pixels are")
+            raise NoFaceError(
+                f"{name} is saturated: {share} pure white. ComfyUI's Load Image does this to 16-bit grayscale "
+                "PNGs; save the photo as an 8-bit PNG or a JPEG and load that (an over-exposed photo cannot be "
+                "used either).")
     spread = float(sample.reshape(-1, sample.shape[-1]).std(axis=0).max())
     if spread < BLANK_STD:
         colour = tuple(int(v) for v in np.median(sample.reshape(-1, sample.shape[-1]), axis=0))
@@ -144,23 +165,45 @@ def check_photo(rgb: np.ndarray, name: str = "image") -> None:
             f"{name} is blank: the whole image is one flat colour RGB{colour} (spread {spread:.1f} levels, a "
             f"photo has tens). Connect the photo of the person; if it comes from another node, check that "
             "node's output.")
-    white = float((sample == 255).all(axis=-1).mean())
-    if white > SATURATED_FRACTION:
-        raise NoFaceError(
-            f"{name} is saturated: {white:.1%} of its pixels are pure white. ComfyUI's Load Image does this to "
-            "16-bit grayscale PNGs; save the photo as an 8-bit PNG or a JPEG and load that (an over-exposed "
-            "photo cannot be used either).")
+    check_not_truncated(rgb, name)
 
 
-def photos_from_inputs(inputs) -> tuple[list, list[str]]:
-    """([photo, ...], [name, ...]) from several image inputs, [(input name, images or None), ...],
-    each a list, a batch or one image, kept as they are: photos of different sizes are never
-    resized or cropped to each other (core Batch Images would crop them). Names say where a photo
-    came from: "image 2 of 3" with one input, "image_2" or "image_2, photo 1 of 2" with several."""
+def check_not_truncated(rgb: np.ndarray, name: str = "image") -> None:
+    """NoFaceError when the image's bottom rows are exactly one TRUNCATED_FILL colour, at least
+    TRUNCATED_MIN_ROWS of them, while its top rows and its left and right columns above them are not
+    (a letterboxed picture has bars at both ends, a padded one down a side too): what Load Image
+    shows of a file cut short, with the face possibly in the missing part."""
+    height = rgb.shape[0]
+    fill = tuple(int(v) for v in rgb[-1, 0])
+    if fill not in TRUNCATED_FILL or height < 2 * TRUNCATED_MIN_ROWS:
+        return
+    rows = 0
+    while rows < height and (rgb[height - 1 - rows] == fill).all():
+        rows += 1
+    if rows < TRUNCATED_MIN_ROWS or rows == height or (rgb[:TRUNCATED_MIN_ROWS] == fill).all():
+        return
+    above = rgb[:height - rows]
+    if (above[:, :1] == fill).all() or (above[:, -1:] == fill).all():
+        return
+    raise NoFaceError(
+        f"{name} looks cut off: its lower {rows} of {height} rows (from y={height - rows} down) are exactly one flat "
+        f"{TRUNCATED_FILL[fill]} RGB{fill}, which is what ComfyUI's Load Image fills in for the missing part of a "
+        "truncated file. Copy or export the photo again (the file ends early) and load that; a partly decoded "
+        "photo would give a wrong identity. (If the photo really ends in a flat bar, crop it off.)")
+
+
+def photos_from_inputs(inputs) -> tuple[list, list[str], list[bool]]:
+    """([photo, ...], [name, ...], [batched, ...]) from several image inputs, [(input name, images or
+    None), ...], each a list, a batch or one image, kept as they are: photos of different sizes are
+    never resized or cropped to each other (core Batch Images would crop them). Names say where a
+    photo came from: "image 2 of 3" with one input, "image_2" or "image_2, photo 1 of 2" with several.
+    batched: True for a photo after the first of one input's batch, which core Batch Images may have
+    cropped to the first one's size (identity.picking says so when it holds no usable face)."""
     given = [(label, as_list(images)) for label, images in inputs if images is not None]
     photos = [p for _, batch in given for p in batch]
+    batched = [k > 0 for _, batch in given for k in range(len(batch))]
     if len(given) == 1:
-        return photos, [f"image {k} of {len(photos)}" for k in range(1, len(photos) + 1)]
+        return photos, [f"image {k} of {len(photos)}" for k in range(1, len(photos) + 1)], batched
     names = [label if len(batch) == 1 else f"{label}, photo {k} of {len(batch)}"
              for label, batch in given for k in range(1, len(batch) + 1)]
-    return photos, names
+    return photos, names, batched

@@ -31,6 +31,10 @@ from ..faces.images import as_list, to_rgb_uint8
 from .bounds import EXPRESSION_LIMIT, require_finite
 from .picking import MIN_FACE_PX, CropSpec, pick_faces
 
+# the Expression node has one reference input: a batch of photos must already share a size
+REFERENCE_BATCH_FIX = ("Batch only photos of the same size as the first (or crop them alike first), or give one "
+                       "reference photo.")
+
 RECON_SIZE = 224
 RESCALE_FACTOR = 102.0
 FULL_RESIZE_LIMIT = 16_000_000  # pixels of the rescaled photo; larger ones are resampled in a window
@@ -152,13 +156,14 @@ class ExpressionRegressor:
         detect.FaceDetector, or None when the images already are 224x224 Deep3DFaceRecon crops.
         The faces are picked as the identity pipeline picks them (picking.pick_faces: the same
         blank, saturated, no-face and min_face_px checks), errors prefixed "Expression reference: "."""
+        batched = [k > 0 for k in range(images.shape[0])] if getattr(images, "ndim", 0) == 4 else None
         images = as_list(images)
         if not images:
             raise F2DError("no expression reference image was given; connect at least one photo.")
         names = list(names) if names else [f"expression image {i + 1} of {len(images)}" for i in range(len(images))]
         try:
             picked = pick_faces(images, detector, DEEP3D_CROP, policy, on_no_face, names, min_face_px, progress,
-                                check_interrupt)
+                                check_interrupt, batched, REFERENCE_BATCH_FIX)
         except NoFaceError as e:
             raise NoFaceError(f"Expression reference: {e}") from None
         return np.stack(picked.crops), picked.faces, picked.skipped

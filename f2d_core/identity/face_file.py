@@ -11,6 +11,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 import torch
@@ -109,8 +110,10 @@ WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LP
 
 def face_name_parts(name: str) -> list[str]:
     """The folder parts of a face name ('family/anna' -> ['family', 'anna']), or an F2DError saying
-    which rule it breaks. `.f2d.safetensors` at the end is optional; nothing touches the disk."""
-    name = (name or "").strip()
+    which rule it breaks. `.f2d.safetensors` at the end is optional; nothing touches the disk.
+    The name is taken in NFC, so 'Zoë' typed or pasted decomposed (e + U+0308, as macOS file names
+    come) is the same name, and the same file, as 'Zoë' written with one letter."""
+    name = unicodedata.normalize("NFC", (name or "").strip())
     name = name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name
 
     def refuse(why: str):
@@ -125,7 +128,7 @@ def face_name_parts(name: str) -> list[str]:
     bad = sorted({c for c in name if c != "/" and not _PART_CHARS.fullmatch(c)})
     if bad:
         slash = " (use '/' for subfolders)" if "\\" in bad else ""
-        refuse(f"it contains {' '.join(map(repr, bad))}{slash}. Use letters, digits, spaces, '-', '_' or '.', "
+        refuse(f"it contains {' '.join(map(_shown, bad))}{slash}. Use letters, digits, spaces, '-', '_' or '.', "
                "and '/' for subfolders (e.g. 'family/anna').")
     parts = name.split("/")
     for part in parts:
@@ -146,6 +149,14 @@ def face_name_parts(name: str) -> list[str]:
             refuse(f"the part {part[:20]!r}... is {len(part.encode('utf-8'))} bytes in UTF-8; a file name holds "
                    f"255 bytes, so with {SUFFIX} at most {MAX_PART_BYTES} are left. Use a shorter name.")
     return parts
+
+
+def _shown(char: str) -> str:
+    """A refused character as the user can find it: itself, or for an invisible one (a combining mark,
+    a zero-width or control character) its code point and Unicode name."""
+    if unicodedata.category(char)[0] in "MCZ" and char != " ":
+        return f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}, invisible)"
+    return repr(char)
 
 
 def face_path(root: str, name: str) -> str:

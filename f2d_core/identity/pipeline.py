@@ -21,7 +21,7 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
                   names: Sequence[str] | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   check_interrupt: Callable[[], None] | None = None,
-                  min_face_px: float = MIN_FACE_PX) -> FaceIdentity:
+                  min_face_px: float = MIN_FACE_PX, batched: Sequence[bool] | None = None) -> FaceIdentity:
     """Encode one person from one or more photos; the identity is the mean of their MSID features.
     The faces are picked by picking.pick_faces (the expression reference's boundary too).
 
@@ -31,14 +31,18 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
     (an error is still raised when no image is left). Not usable: a blank or saturated image
     (faces.images.check_photo), or a chosen face whose box is under min_face_px on its longer
     side (default MIN_FACE_PX; 0 allows any size).
+    batched: per photo, whether it came after the first of one IMAGE batch (picking.pick_faces says
+    when core Batch Images may have cut its face away; by default, the later images of a batch).
     meta["detections"]: per photo, every face found in index order and the one encoded (the record
     faces.preview.face_record makes, and preview_sheet draws).
     """
+    if batched is None and getattr(images, "ndim", 0) == 4:
+        batched = [k > 0 for k in range(images.shape[0])]
     images = as_list(images)
     if not images:
         raise F2DError("no images were given; connect at least one photo of the person.")
     picked = pick_faces(images, detector, ARCFACE_CROP, policy, on_no_face, names, min_face_px, progress,
-                        check_interrupt)
+                        check_interrupt, batched)
     crops = np.stack(picked.crops)
     per_face = encoder.identity_features(to_pixels(crops)).cpu()
     features = per_face.mean(0)

@@ -2,6 +2,7 @@
 with every example workflow and the broken graphs users will build (see conftest for fixtures)."""
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -432,6 +433,30 @@ def test_a_16_bit_grayscale_png_from_load_image_is_refused_as_saturated(nodes, e
         nodes["F2DEncodeFace"].execute(encoder, image)
 
 
+def test_a_16_bit_photo_load_image_leaves_white_but_for_a_few_dark_pixels_gets_the_16_bit_hint(nodes, encoder,
+                                                                                                   comfy_inprocess):
+    levels = np.full((256, 256), 30000, np.uint16)
+    levels[::61, ::53] = 100  # its darkest pixels, the only ones under 255 of 65535
+    image = load_image(comfy_inprocess, "scan16.png", Image.fromarray(levels))
+    with pytest.raises(ValueError, match=r"image 1 of 1 is saturated: all but 25 of its 65536 pixels are pure white\. "
+                                         r"ComfyUI's Load Image does this to 16-bit grayscale PNGs"):
+        nodes["F2DEncodeFace"].execute(encoder, image)
+
+
+def test_a_photo_load_image_filled_in_from_a_truncated_file_is_refused_with_the_cause(nodes, encoder,
+                                                                                      comfy_inprocess):
+    import nodes as comfy_nodes
+    buf = io.BytesIO()
+    Image.fromarray(face_photo(2, 2)).save(buf, "JPEG", quality=95)  # the face near the top
+    (comfy_inprocess.dirs["input"] / "cut.jpg").write_bytes(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
+    image = comfy_nodes.LoadImage().load_image("cut.jpg")[0]  # decodes it anyway, the rest grey
+    assert tuple(image.shape) == (1, 256, 256, 3) and bool((image[0, -1] == 128 / 255).all())
+    with pytest.raises(ValueError, match=r"image 1 of 1 looks cut off: its lower \d+ of 256 rows \(from y=\d+ down\) "
+                                         r"are exactly one flat grey RGB\(128, 128, 128\), which is what ComfyUI's Load "
+                                         r"Image fills in for the missing part of a truncated file"):
+        nodes["F2DEncodeFace"].execute(encoder, image)
+
+
 def test_a_face_below_min_face_px_is_refused_naming_its_input_unless_allowed(nodes, encoder):
     small = face_photo(2, 2)
     small[:, :] = faceless_photo(256)
@@ -454,7 +479,9 @@ def test_photos_of_other_sizes_on_image_2_are_encoded_whole_where_batch_images_c
     tall = torch.from_numpy(tall[None]).float() / 255
     batched = comfy_nodes.ImageBatch().batch(first, tall)[0]  # core Batch Images: tall is cut to 256 x 256
     assert tuple(batched.shape) == (2, 256, 256, 3)
-    with pytest.raises(ValueError, match=r"No face found in image 2 of 2"):
+    with pytest.raises(ValueError, match=r"No face found in image 2 of 2\..* image 2 of 2 came after the first image of "
+                                         r"one batch: core Batch Images resizes and centre-crops every later image to "
+                                         r"the first one's size.* \(image_2\.\.image_4 of Encode Face\)"):
         nodes["F2DEncodeFace"].execute(encoder, batched)
     face, crops = nodes["F2DEncodeFace"].execute(encoder, first, image_2=tall).result[:2]
     assert face.num_faces == 2 and [f["image"] for f in face.meta["faces"]] == ["image", "image_2"]

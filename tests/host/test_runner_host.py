@@ -108,6 +108,30 @@ def test_a_node_error_comes_back_with_its_message(server, tmp_path):
         server.client.wait(server.client.queue_prompt(prompt))
 
 
+def test_the_readme_command_on_a_torch_without_cuda_says_to_add_cpu(tmp_path, capsys):
+    """The main job without --cpu where ComfyUI's torch has no CUDA (this CPU-only host's): the real
+    ComfyUI stops at start with torch's AssertionError, and the runner's message names the fix."""
+    import torch
+    if not COMFYUI:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run host tests")
+    if torch.backends.cuda.is_built():
+        pytest.skip("this ComfyUI's torch is a CUDA build: ComfyUI does not stop on it")
+    from f2d_core.client.run import main
+    from .conftest import REPO
+    # everything ComfyUI writes goes to tmp_path; no custom node is loaded (it stops before any)
+    (tmp_path / "user").mkdir()
+    keep_out = (f"--disable-all-custom-nodes --input-directory {tmp_path / 'in'} --temp-directory {tmp_path} "
+                f"--user-directory {tmp_path / 'user'} --database-url sqlite:///{tmp_path / 'user' / 'comfyui.db'}")
+    rc = main(["--comfyui", COMFYUI, "--python", os.environ.get("COMFYUI_PYTHON") or guess_python(COMFYUI),
+               "--workflow", str(REPO / "workflows" / "face2diffusion_basic.json"), "--prompt", "a photo of f l",
+               "--face", photo(tmp_path / "me.png", (64, 64)), "--out", str(tmp_path / "out"),
+               "--comfyui-args", keep_out])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ComfyUI exited while starting" in err
+    assert "AssertionError: Torch not compiled with CUDA enabled\nComfyUI's torch cannot use a GPU on this machine" in err
+    assert "Add --cpu to the command to run on the CPU" in err
+
+
 def painted_face(path, size):
     """A photo the synthetic test detector (tests.synthetic_onnx) sees one face in."""
     import numpy as np
