@@ -370,8 +370,8 @@ def two_people_regional(info):
     note = read_me(g, "## Face2Diffusion: two people, each in their own half\n"
                    "## Person 1 is drawn in the left half from the first prompt, person 2 in the right half "
                    "from the second; write **f l** in both.\n"
-                   "### Each half carries one face, so they cannot mix. Describe the same scene in both "
-                   "prompts.\n" + FILES, 290)
+                   "### The two faces are never in one prompt, so they do not mix. Describe the same scene "
+                   "in both prompts.\n" + FILES, 290)
     ckpt, enc = models(g, below(note, GROUP_GAP) - TITLE_H, second_row=second_row())
     face = person(g, enc, column1(g, rows=2), 0, label="person 1 (left)", who="person 1")
     face2 = person(g, enc, column1(g, rows=2), second_row(), photo="face_2.jpg",
