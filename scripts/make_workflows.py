@@ -179,6 +179,7 @@ ENCODE_FACE = (300, 220)       # 6 sockets and 4 widgets
 PERSON_H = 420                 # the person row: Encode Face, the aligned crops under it, the photo beside
 ROW_GAP = 80                   # px more between Models and the person column when it has two rows
 FOUND_W = 340                  # the Preview Image of the faces found: its title in full in both frontends
+HALF = (280, 170)              # Conditioning (Set Area with Percentage): 5 widgets
 FILES = (f"### Files, in ComfyUI/models:\n"
          f"### checkpoints/ any SD1.x model\n"
          f"### face2diffusion/ {MSID}, {MAPPING}\n"
@@ -246,9 +247,9 @@ def negative_prompt(g, ckpt, pos, width=400):
                   text=NEGATIVE, clip=(ckpt, 1))
 
 
-def sampling(g, ckpt, positive, negative, x):
+def sampling(g, ckpt, positive, negative, x, width=512):
     """The paper's sampling: Euler ancestral, 30 steps, CFG 7, 512x512, empty negative prompt."""
-    latent = g.node("EmptyLatentImage", (x, first_row(0)), (340, 110), width=512, height=512, batch_size=1)
+    latent = g.node("EmptyLatentImage", (x, first_row(0)), (340, 110), width=width, height=512, batch_size=1)
     ks = g.node("KSampler", (x, below(latent)), (340, 270), model=(ckpt, 0), positive=positive,
                 negative=negative, latent_image=(latent, 0), seed=0, steps=30, cfg=7.0,
                 sampler_name="euler_ancestral", scheduler="normal", denoise=1.0)
@@ -360,6 +361,41 @@ def two_people(info):
     g.save("face2diffusion_two_people.json")
 
 
+def two_people_regional(info):
+    """Each person from their own prompt, drawn in their own half (core Conditioning (Set Area with
+    Percentage) + Combine): every half's conditioning carries one identity, so the two cannot mix.
+    Percentages keep the halves right at any image size; the image is wider than the paper's 512
+    so that each half is a 384x512 portrait, a size SD1.x draws a person at."""
+    g = Graph(info)
+    note = read_me(g, "## Face2Diffusion: two people, each in their own half\n"
+                   "## Person 1 is drawn in the left half from the first prompt, person 2 in the right half "
+                   "from the second; write **f l** in both.\n"
+                   "### The two faces are never in one prompt, so they do not mix. Describe the same scene "
+                   "in both prompts.\n" + FILES, 290)
+    ckpt, enc = models(g, below(note, GROUP_GAP) - TITLE_H, second_row=second_row())
+    face = person(g, enc, column1(g, rows=2), 0, label="person 1 (left)", who="person 1")
+    face2 = person(g, enc, column1(g, rows=2), second_row(), photo="face_2.jpg",
+                   group="Second person", label="person 2 (right)", who="person 2")
+    x, y, y2 = next_group_x(*g.nodes), first_row(0), first_row(second_row())
+    # each prompt level with its person's row, the negative prompt between them
+    left = g.node("F2DInjectFaceToken", (x, y), (340, 300), title="Prompt of person 1 (left, write f l)",
+                  clip=(ckpt, 1), face=(face, 0), text="a photo of f l sitting in a cafe, smiling")
+    right = g.node("F2DInjectFaceToken", (x, y2), (340, 300), title="Prompt of person 2 (right, write f l)",
+                   clip=(ckpt, 1), face=(face2, 0), text="a photo of f l sitting in a cafe, laughing")
+    neg = negative_prompt(g, ckpt, (x, below(left)), width=340)
+    x2 = right_of(left, 40)
+    # stacked beside the first prompt, as the range nodes of delayed_subject
+    half1 = g.node("ConditioningSetAreaPercentage", (x2, y), HALF, title="Person 1: left half",
+                   conditioning=(left, 0), width=0.5, height=1.0, x=0.0, y=0.0, strength=1.0)
+    half2 = g.node("ConditioningSetAreaPercentage", (x2, below(half1)), HALF, title="Person 2: right half",
+                   conditioning=(right, 0), width=0.5, height=1.0, x=0.5, y=0.0, strength=1.0)
+    both = g.node("ConditioningCombine", (x2, below(half2)), (HALF[0], 50), title="Both halves",
+                  conditioning_1=(half1, 0), conditioning_2=(half2, 0))
+    g.group("Prompt", [left, right, neg, half1, half2, both])
+    sampling(g, ckpt, (both, 0), (neg, 0), next_group_x(*g.nodes), width=768)
+    g.save("face2diffusion_two_people_regional.json")
+
+
 def expression(info):
     g = Graph(info)
     note = read_me(g, "## Face2Diffusion: expression\n"
@@ -384,7 +420,7 @@ def expression(info):
     g.save("face2diffusion_expression.json")
 
 
-WORKFLOWS = [basic, multi_reference, delayed_subject, two_people, expression]
+WORKFLOWS = [basic, multi_reference, delayed_subject, two_people, two_people_regional, expression]
 
 
 def main():

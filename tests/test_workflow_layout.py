@@ -98,6 +98,36 @@ def test_the_multi_reference_workflow_wires_its_photos_to_encode_faces_own_image
         ("image", "image_2", "image_3"), "LoadImage"), wired
 
 
+def test_the_regional_workflow_gives_each_person_their_own_prompt_and_half_of_the_picture():
+    """Photo -> Encode Face -> Inject Face Token -> Set Area with Percentage, once per person, the
+    two areas combined into the sampler's positive input; no second face in either prompt."""
+    wf = read("face2diffusion_two_people_regional.json")
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    by_link = {link[0]: link for link in wf["links"]}
+
+    def source(node, name):
+        (slot,) = [i for i in node["inputs"] if i["name"] == name]
+        return by_id[by_link[slot["link"]][1]] if slot.get("link") else None
+
+    def widgets(node):
+        return dict(zip([i["name"] for i in node["inputs"] if "widget" in i], node["widgets_values"]))
+
+    (sampler,) = [n for n in wf["nodes"] if n["type"] == "KSampler"]
+    both = source(sampler, "positive")
+    assert both["type"] == "ConditioningCombine"
+    halves = {}
+    for name in ("conditioning_1", "conditioning_2"):
+        area = source(both, name)
+        assert area["type"] == "ConditioningSetAreaPercentage"
+        prompt = source(area, "conditioning")
+        assert prompt["type"] == "F2DInjectFaceToken" and source(prompt, "face_2") is None
+        assert "f l" in widgets(prompt)["text"]
+        photo = source(source(prompt, "face"), "image")
+        halves[photo["title"]] = {k: widgets(area)[k] for k in ("x", "y", "width", "height")}
+    assert halves == {"Photo of person 1 (left)": {"x": 0.0, "y": 0.0, "width": 0.5, "height": 1.0},
+                      "Photo of person 2 (right)": {"x": 0.5, "y": 0.0, "width": 0.5, "height": 1.0}}
+
+
 def test_the_expression_workflow_says_in_the_graph_that_epoch_20_is_optional_and_needed():
     wf = read("face2diffusion_expression.json")
     lay = wl.from_workflow(wf)
