@@ -215,6 +215,16 @@ def test_a_workflow_with_two_face_encoders_is_refused(tmp_path, capsys):
     assert "exactly one F2DEncodeFace node; this one has 2" in capsys.readouterr().err
 
 
+def test_the_shipped_regional_two_person_workflow_is_named_as_two_people_not_by_its_second_prompt(tmp_path, capsys):
+    regional = str(Path(DEFAULT_WORKFLOW).with_name("face2diffusion_two_people_regional.json"))
+    with FakeComfy() as fake:
+        assert run(fake, tmp_path, "--prompt", "f l", "--workflow", regional) == 2
+        assert not fake.uploads
+    err = capsys.readouterr().err
+    assert "exactly one F2DEncodeFace node; this one has 2" in err and "run two-person workflows in ComfyUI" in err
+    assert "give the title" not in err
+
+
 def test_ctrl_c_takes_the_prompt_off_the_server_and_saves_nothing(tmp_path, capsys, monkeypatch):
     queued = []
 

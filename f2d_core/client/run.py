@@ -369,9 +369,9 @@ def prepare(client: ComfyClient, args, workflow: dict, models_dir: str) -> Plan:
                                 ((LATENT, "height"), args.height), (CHECKPOINT, args.checkpoint)):
         if value is not None:
             set_input(api, node, name, value)
+    loaders = face_loaders(api)  # first: a two-person graph is named as such, not by its second prompt
     get_input(api, *TEXT), get_input(api, *SEED)  # fail now, not after the uploads
     output = output_node(api, info, getattr(args, "output_node", None))
-    loaders = face_loaders(api)
     check_face_count(loaders, len(args.face))
     check_models(api, info, models_dir, client.url, skip={(i, "image") for i in loaders})
     names = [client.upload_image(data, name) for name, data in face_uploads(args.face)]

@@ -60,7 +60,8 @@ def face_loaders(prompt: dict) -> list[str]:
     encoders = find_nodes(prompt, FACE_ENCODER)
     if len(encoders) != 1:
         raise WorkflowError(f"the runner fills in the photos of one person, so the workflow needs exactly one "
-                            f"{FACE_ENCODER} node; this one has {len(encoders)}. Use face2diffusion_basic.json.")
+                            f"{FACE_ENCODER} node; this one has {len(encoders)}. Use face2diffusion_basic.json (or another "
+                            "one-person workflow); run two-person workflows in ComfyUI.")
     inputs, found, seen = prompt[encoders[0]]["inputs"], [], set()
     for slot in FACE_INPUTS:
         behind, todo = [], [inputs.get(slot)]

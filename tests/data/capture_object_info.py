@@ -12,7 +12,8 @@ from pathlib import Path
 
 NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
          "SaveImage", "PreviewImage", "LoadImage", "LoadImageMask", "ImageBatch", "LoraLoader",
-         "PrimitiveInt", "ImageStitch", "LatentBatchSeedBehavior"]
+         "PrimitiveInt", "ImageStitch", "LatentBatchSeedBehavior", "ConditioningSetAreaPercentage",
+         "ConditioningCombine"]
 DROP = {"tooltip", "description", "output_tooltips", "python_module", "category"}
 
 
