@@ -64,11 +64,10 @@ def check_families(family: Family, subjects: Sequence[Subject]) -> None:
     for s in subjects:
         if s.family != family:
             raise F2DError(
-                f"{s.label}: its identity tokens were made by a {s.family.label} mapping network, but this CLIP "
-                f"belongs to {family.label}. Face2Diffusion's tokens are word embeddings of one base model's "
-                f"text encoders: connect the CLIP of a {s.family.label} checkpoint, or load a {family.label} "
-                f"mapping in Load Face2Diffusion Encoder and encode the face with it (or connect that encoder "
-                "to Inject Face Token's encoder input).")
+                f"{s.label}: its identity tokens were made by an {s.family.label} mapping network, which works with "
+                f"{s.family.label} checkpoints only, but this CLIP belongs to {family.label}. Connect the CLIP of an "
+                f"{s.family.label} checkpoint, or load an {family.label} mapping in Load Face2Diffusion Encoder and "
+                "encode the face with it (or connect that encoder to Inject Face Token's encoder input).")
 
 
 def build_face_prompt(tokens: dict, tokenizer, subjects: Sequence[Subject],
