@@ -113,8 +113,8 @@ class FaceIdentity:
         if "aligned" in tensors and tensors["aligned"].dtype != torch.uint8:
             raise F2DError(f"{path}: 'aligned' holds {tensors['aligned'].dtype} values, expected uint8 pixels; the "
                            "file was not written by this pack. Save the face again.")
-        for k in tensors:
-            if k != "aligned":
+        for k in ("features", "features_per_face", *(n for names in words.values() for n in names)):
+            if k in tensors:
                 tensors[k] = tensors[k].float()
         fix = ("The file is damaged or forged: save the face again (Encode Face -> Save Face, or "
                "`python -m f2d_core encode`).")
