@@ -63,7 +63,8 @@ class EncoderHandle:
     def describe(self) -> str:
         p = next(self.encoder.parameters())
         expr = os.path.basename(self.expression_model.path) if self.expression_model else "none"
-        return (f"{os.path.basename(self.encoder.msid_path)} + {os.path.basename(self.encoder.mapping_path)}, "
+        return (f"{os.path.basename(self.encoder.msid_path)} + {os.path.basename(self.encoder.mapping_path)} "
+                f"({self.encoder.family.label}), "
                 f"{str(p.dtype).replace('torch.', '')}, detector: {self.detector_name or 'none'}, "
                 f"expression model: {expr}")
 

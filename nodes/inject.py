@@ -7,16 +7,19 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..f2d_core.errors import F2DError
-from ..f2d_core.identity.tokens import subject_tokens
-from ..f2d_core.text.conditioning import require_sd1
+from ..f2d_core.identity.tokens import face_subject
+from ..f2d_core.models.families import Family
+from ..f2d_core.text.conditioning import text_family
 from ..f2d_core.text.inject import DEFAULT_TRIGGER
-from ..f2d_core.text.prompt import DEFAULT_CLASS_WORD, SECOND_TRIGGER, Subject, build_face_prompt
+from ..f2d_core.text.prompt import DEFAULT_CLASS_WORD, SECOND_TRIGGER, build_face_prompt, check_families
 from .types import F2DEncoder, F2DExpression, F2DFace
 
 
-def _position_embedding(clip) -> torch.Tensor:
+def _position_embeddings(clip, family: Family) -> dict[str, torch.Tensor]:
+    """{stream: (77, width)} position table of each text encoder (clip_l, and clip_g for SDXL)."""
     clip.load_model()  # applies LoRA/CLIP patches, so we read the weights the encoder will use
-    return clip.cond_stage_model.clip_l.transformer.text_model.embeddings.position_embedding.weight
+    return {key: getattr(clip.cond_stage_model, f"clip_{key}").transformer.text_model.embeddings
+            .position_embedding.weight for key in family.keys}
 
 
 class F2DInjectFaceToken(io.ComfyNode):
@@ -29,10 +32,12 @@ class F2DInjectFaceToken(io.ComfyNode):
             description="Encodes the prompt like CLIP Text Encode, with the person's identity in place of the "
                         "trigger words (\"f l\" by default): write e.g. 'a photo of f l as a chef'. The output "
                         "is ordinary CONDITIONING (timestep ranges, combine, masks, LoRA and (f l:1.2) weights "
-                        "keep working). SD1.x checkpoints only. For two people connect face_2 and use its "
-                        "trigger too.",
+                        "keep working). SD1.x checkpoints with the official mapping.pt; SDXL-family checkpoints "
+                        "(SDXL, SSD-1B, Vega, Pony, Illustrious) with an F2D-SDXL mapping. For two people connect "
+                        "face_2 and use its trigger too.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint (official mapping) or of an SDXL-family "
+                                             "one (F2D-SDXL mapping): the family of the face's mapping."),
                 F2DFace.Input("face", tooltip="From Encode Face or Load Face."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="a photo of f l",
                                 tooltip="The prompt. Write the trigger where the person goes."),
@@ -60,15 +65,16 @@ class F2DInjectFaceToken(io.ComfyNode):
     def execute(cls, clip, face, text, trigger=DEFAULT_TRIGGER, identity_strength=1.0, class_word=DEFAULT_CLASS_WORD,
                 encoder=None, expression=None, face_2=None, trigger_2=SECOND_TRIGGER):
         if clip is None:
-            raise F2DError("clip input is invalid: None. Connect the CLIP output of an SD1.x checkpoint loader.")
+            raise F2DError("clip input is invalid: None. Connect the CLIP output of a checkpoint loader.")
         exp = None if expression is None else expression.vector
         with (encoder.loaded() if encoder is not None else nullcontext()) as f2d:  # tokens come back on the CPU
-            subjects = [Subject(*subject_tokens(face, f2d, exp, "face"), trigger, "face")]
+            subjects = [face_subject(face, f2d, exp, trigger, "face")]
             if face_2 is not None:
-                subjects.append(Subject(*subject_tokens(face_2, f2d, None, "face_2"), trigger_2, "face_2"))
+                subjects.append(face_subject(face_2, f2d, None, trigger_2, "face_2"))
         tokens = clip.tokenize(text)
-        require_sd1(tokens.keys())  # before reaching for the CLIP-L parts below
-        tokenizer = clip.tokenizer.clip_l
-        prompt = build_face_prompt(tokens, tokenizer.tokenizer, subjects, _position_embedding(clip),
+        family = text_family(tokens.keys())
+        check_families(family, subjects)  # before reaching for the text encoders' parts below
+        tokenizer = clip.tokenizer.clip_l  # SDXL's clip_g shares its vocabulary
+        prompt = build_face_prompt(tokens, tokenizer.tokenizer, subjects, _position_embeddings(clip, family),
                                    identity_strength, class_word, decode=tokenizer.inv_vocab)
         return io.NodeOutput(prompt.encode(clip.encode_from_tokens_scheduled))

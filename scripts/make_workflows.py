@@ -195,7 +195,7 @@ def read_me(g, text, height):
     return g.note((0, TITLE_H), text, (COLUMN0, height))
 
 
-def models(g, top, expression_model="none", second_row=None):
+def models(g, top, expression_model="none", second_row=None, checkpoint=CHECKPOINT, mapping=MAPPING):
     """Models group: the checkpoint and the Face2Diffusion encoder, under the note. With a
     `second_row` (the top of the group under The person), the encoder level with that row's first
     nodes: its wires run straight into the row, and up to the first row left of its group (see
@@ -203,9 +203,9 @@ def models(g, top, expression_model="none", second_row=None):
     if second_row is not None:
         top = max(top, first_row(second_row) - (first_row(0) + 100 + GAP + TITLE_H))
     y = first_row(top)
-    ckpt = g.node("CheckpointLoaderSimple", (0, y), (COLUMN0, 100), ckpt_name=CHECKPOINT)
+    ckpt = g.node("CheckpointLoaderSimple", (0, y), (COLUMN0, 100), ckpt_name=checkpoint)
     title = "Encoder (+ epoch_20.pth: expressions)" if expression_model != "none" else None
-    enc = g.node("LoadF2DEncoder", (0, below(ckpt)), (COLUMN0, 210), title=title, msid=MSID, mapping=MAPPING,
+    enc = g.node("LoadF2DEncoder", (0, below(ckpt)), (COLUMN0, 210), title=title, msid=MSID, mapping=mapping,
                  detector=PACK, expression_model=expression_model)
     g.group("Models", [ckpt, enc])
     return ckpt, enc
@@ -247,14 +247,14 @@ def negative_prompt(g, ckpt, pos, width=400):
                   text=NEGATIVE, clip=(ckpt, 1))
 
 
-def sampling(g, ckpt, positive, negative, x, width=512):
+def sampling(g, ckpt, positive, negative, x, width=512, height=512, prefix="face2diffusion"):
     """The paper's sampling: Euler ancestral, 30 steps, CFG 7, 512x512, empty negative prompt."""
-    latent = g.node("EmptyLatentImage", (x, first_row(0)), (340, 110), width=width, height=512, batch_size=1)
+    latent = g.node("EmptyLatentImage", (x, first_row(0)), (340, 110), width=width, height=height, batch_size=1)
     ks = g.node("KSampler", (x, below(latent)), (340, 270), model=(ckpt, 0), positive=positive,
                 negative=negative, latent_image=(latent, 0), seed=0, steps=30, cfg=7.0,
                 sampler_name="euler_ancestral", scheduler="normal", denoise=1.0)
     dec = g.node("VAEDecode", (x, below(ks)), (340, 50), samples=(ks, 0), vae=(ckpt, 2))
-    save = g.node("SaveImage", (x, below(dec)), (340, 330), images=(dec, 0), filename_prefix="face2diffusion")
+    save = g.node("SaveImage", (x, below(dec)), (340, 330), images=(dec, 0), filename_prefix=prefix)
     g.group("Sampling", [latent, ks, dec, save])
 
 
@@ -420,7 +420,31 @@ def expression(info):
     g.save("face2diffusion_expression.json")
 
 
-WORKFLOWS = [basic, multi_reference, delayed_subject, two_people, two_people_regional, expression]
+# --- SDXL: the same graph on an SDXL-family checkpoint with an F2D-SDXL mapping --------------------------
+
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_MAPPING = "mapping_sdxl.safetensors"  # the file name docs/training.md and the README give the export
+
+
+def sdxl(info):
+    """basic() on SDXL: the mapping must be trained first (no official F2D-SDXL weights exist)."""
+    g = Graph(info)
+    note = read_me(g, "## Face2Diffusion on SDXL\n"
+                   "## Needs an F2D-SDXL mapping: train it first (no official one exists).\n"
+                   "### `python -m f2d_core.train mapping --base sdxl ...` (docs/training.md), then put "
+                   f"{SDXL_MAPPING} in models/face2diffusion.\n"
+                   f"### checkpoints/ an SDXL-family model (SDXL, SSD-1B, Vega, Pony, Illustrious)\n"
+                   f"### face2diffusion/ {MSID}, {SDXL_MAPPING}\n"
+                   f"### insightface/models/{PACK}/ det_10g.onnx\n", 290)
+    ckpt, enc = models(g, below(note, GROUP_GAP) - TITLE_H, checkpoint=SDXL_CHECKPOINT, mapping=SDXL_MAPPING)
+    face = person(g, enc, column1(g), 0)
+    pos, neg = prompt(g, ckpt, next_group_x(*g.nodes), title="Prompt with the face (write f l)",
+                      face=(face, 0), text="a photo of f l as a chef in a restaurant kitchen")
+    sampling(g, ckpt, (pos, 0), (neg, 0), next_group_x(*g.nodes), width=1024, height=1024, prefix="face2diffusion_sdxl")
+    g.save("face2diffusion_sdxl.json")
+
+
+WORKFLOWS = [basic, multi_reference, delayed_subject, two_people, two_people_regional, expression, sdxl]
 
 
 def main():

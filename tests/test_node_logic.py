@@ -5,7 +5,8 @@ import torch
 from f2d_core.text import inject
 from f2d_core import F2DError
 from f2d_core.choices import face_policy, on_no_face, parse_vector, precision
-from f2d_core.text.conditioning import blend_conditioning, clip_family, require_sd1
+from f2d_core.text.conditioning import blend_conditioning, clip_family, text_family
+from f2d_core.models.families import SD1, SDXL
 
 
 def test_face_choices_map_to_selection_policies():
@@ -81,10 +82,11 @@ def test_clip_families_are_recognised(keys, family):
     assert clip_family(keys) == family
 
 
-def test_non_sd1_clips_get_a_plain_message():
-    require_sd1({"l"})
-    with pytest.raises(F2DError, match=r"works with SD1\.x checkpoints .* this CLIP belongs to SDXL"):
-        require_sd1({"g", "l"})
+def test_sd1_and_sdxl_clips_are_families_and_others_get_a_plain_message():
+    assert text_family({"l"}) is SD1 and text_family({"g", "l"}) is SDXL
+    with pytest.raises(F2DError, match=r"works with SD1\.x checkpoints .* and SDXL-family ones .* this CLIP belongs "
+                                       r"to SD3\. Load one of those"):
+        text_family({"g", "l", "t5xxl"})
 
 
 def test_errors_carry_a_short_module_for_hosts_that_print_module_and_class():

@@ -1,4 +1,5 @@
-"""F2DEncoder: the MSID encoder and the mapping network loaded from the official files."""
+"""F2DEncoder: the MSID encoder and the mapping network loaded from the official files (or an
+F2D-SDXL mapping: the encoder then knows its base model family and gives SDXL-wide words)."""
 from __future__ import annotations
 
 import os
@@ -7,30 +8,40 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from ..weights.checkpoint import load_checkpoint
+from ..models.families import SD1, Family
+from ..weights.checkpoint import load_checkpoint, load_mapping
 from .bounds import EXPRESSION_LIMIT, FEATURE_LIMIT, TOKEN_LIMIT, require_finite
 from ..models.mapping import MappingNetwork
 from ..weights.files import file_sha256
 from ..models.msid import MSIDEncoder
 
 
-def _build(module_cls, state_dict, device, dtype) -> nn.Module:
+def _build(module_cls, state_dict, device, dtype, **kwargs) -> nn.Module:
     # built on the meta device and filled by assignment: no wasted random init
     with torch.device("meta"):
-        module = module_cls()
+        module = module_cls(**kwargs)
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 class F2DEncoder(nn.Module):
-    """Aligned faces -> MSID identity features -> the two identity word embeddings S1*, S2*."""
+    """Aligned faces -> MSID identity features -> the two identity word embeddings S1*, S2*.
 
-    def __init__(self, msid: MSIDEncoder, mapping: MappingNetwork, msid_path: str = "", mapping_path: str = ""):
+    `family`: the base model whose text encoders the mapping network's words are for (SD1.x: 768
+    values per word; SDXL: 768 + 1280, split per encoder by `family.split`)."""
+
+    def __init__(self, msid: MSIDEncoder, mapping: MappingNetwork, msid_path: str = "", mapping_path: str = "",
+                 family: Family = SD1, mapping_metadata: dict | None = None):
         super().__init__()
+        if mapping.token_dim != family.token_width:
+            raise ValueError(f"a mapping network with {mapping.token_dim}-value words is not {family.label}'s "
+                             f"({family.token_width})")
         self.msid = msid
         self.mapping = mapping
         self.msid_path = os.fspath(msid_path)
         self.mapping_path = os.fspath(mapping_path)
+        self.family = family
+        self.mapping_metadata = dict(mapping_metadata or {})  # f2d_trigger, f2d_training, ... ({} for mapping.pt)
 
     @property
     def device(self) -> torch.device:
@@ -57,7 +68,8 @@ class F2DEncoder(nn.Module):
 
     @torch.inference_mode()
     def face_tokens(self, features: torch.Tensor, expression=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1536) features [+ (B, 64) expression, (B,) mask] -> (S1*, S2*), each (B, 768) float32."""
+        """(B, 1536) features [+ (B, 64) expression, (B,) mask] -> (S1*, S2*), each (B, family.token_width)
+        float32 (SD1.x: 768)."""
         features = torch.as_tensor(features)
         expression = None if expression is None else torch.as_tensor(expression)
         require_finite([  # before the cast: fp16 would turn 1e38 into inf and hide what was given
@@ -80,13 +92,16 @@ class F2DEncoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, expression=None, mask=None):
-        """Pixels -> (features (B, 1536), S1* (B, 768), S2* (B, 768)), float32: both steps in one call."""
+        """Pixels -> (features (B, 1536), S1*, S2* (B, family.token_width)), float32: both steps in one call."""
         features = self.identity_features(pixels)
         return (features, *self.face_tokens(features, expression, mask))
 
 
 def load_encoder(msid_path, mapping_path, device="cpu", dtype=torch.float32) -> F2DEncoder:
-    """Load the official msid.pt / mapping.pt (or their .safetensors) into an F2DEncoder in eval mode."""
+    """Load the official msid.pt / mapping.pt (or their .safetensors), or an F2D-SDXL mapping, into an
+    F2DEncoder in eval mode; its family comes from the mapping file."""
     msid = _build(MSIDEncoder, load_checkpoint(msid_path, "msid"), device, dtype)
-    mapping = _build(MappingNetwork, load_checkpoint(mapping_path, "mapping"), device, dtype)
-    return F2DEncoder(msid, mapping, msid_path, mapping_path)
+    mapping_file = load_mapping(mapping_path)
+    mapping = _build(MappingNetwork, mapping_file.state_dict, device, dtype,
+                     token_dim=mapping_file.family.token_width)
+    return F2DEncoder(msid, mapping, msid_path, mapping_path, mapping_file.family, mapping_file.metadata)

@@ -1,9 +1,12 @@
 """The identity file (`NAME.f2d.safetensors`): one person's face, reusable without the encoder.
 
-Tensors: `features` (1536,) mean MSID features over the faces used; `s1`, `s2` (768,)
-the identity tokens for the learned neutral expression; optionally `features_per_face`
+Tensors: `features` (1536,) mean MSID features over the faces used; the identity tokens for
+the learned neutral expression, per text encoder of the base model family the mapping network
+was for: SD1.x `s1`, `s2` (768,) (the only layout before SDXL, so older files load as SD1.x),
+SDXL `s1.l`, `s2.l` (768,) and `s1.g`, `s2.g` (1280,); optionally `features_per_face`
 (N, 1536) and `aligned` (N, 112, 112, 3) uint8 crops, to show what was encoded.
-Metadata (strings): format version, model file hashes, sources, boxes, scores.
+Metadata (strings): format version, `family` (absent: sd1), model file hashes, sources, boxes, scores.
+The MSID features do not depend on the family: any mapping network can make tokens from them.
 """
 from __future__ import annotations
 
@@ -19,15 +22,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import F2DError
+from ..models.families import FAMILIES, SD1, Family, family as family_named
 from ..weights.outputs import TEMP_PREFIX, write_atomic
 from .bounds import FEATURE_LIMIT, TOKEN_LIMIT, require_finite
 
 FORMAT = "face2diffusion.identity"
 VERSION = "1"
 SUFFIX = ".f2d.safetensors"
-# shapes of the stored tensors; None = any length (the number of faces)
-SHAPES = {"features": (1536,), "s1": (768,), "s2": (768,), "features_per_face": (None, 1536),
-          "aligned": (None, 112, 112, 3)}
+# shapes of the stored tensors; None = any length (the number of faces); the tokens: token_names()
+SHAPES = {"features": (1536,), "features_per_face": (None, 1536), "aligned": (None, 112, 112, 3)}
+
+
+def token_names(family: Family, word: str) -> dict[str, int]:
+    """{tensor name: width} of one identity word ("s1" or "s2") per text encoder of `family`:
+    SD1.x keeps the one-encoder name `s1` of the first format, others `s1.l`, `s1.g`, ..."""
+    if family == SD1:
+        return {word: family.streams[0].width}
+    return {f"{word}.{st.key}": st.width for st in family.streams}
 
 
 @dataclass
@@ -38,6 +49,7 @@ class FaceIdentity:
     features_per_face: torch.Tensor | None = None  # (N, 1536)
     aligned: torch.Tensor | None = None         # (N, 112, 112, 3) uint8
     meta: dict = field(default_factory=dict)    # JSON-serialisable
+    family: Family = SD1                        # the base model family s1, s2 are for (their width)
 
     @property
     def num_faces(self) -> int:
@@ -45,7 +57,15 @@ class FaceIdentity:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"features": self.features}
-        for k in ("s1", "s2", "features_per_face", "aligned"):
+        for word in ("s1", "s2"):
+            value = getattr(self, word)
+            if value is not None:  # one tensor per text encoder
+                if value.numel() != self.family.token_width:
+                    raise F2DError(f"{word} has {value.numel()} values, but {self.family.label} identity words have "
+                                   f"{self.family.token_width}: the face's family does not match its tokens.")
+                parts = self.family.split(value.reshape(-1))
+                out.update(zip(token_names(self.family, word), (parts[st.key] for st in self.family.streams)))
+        for k in ("features_per_face", "aligned"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -54,7 +74,7 @@ class FaceIdentity:
         """Write atomically (temp file + rename) into an existing folder: a crash never leaves a
         half-written identity. F2DError when the folder is missing or the write fails."""
         meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "meta": json.dumps(self.meta, sort_keys=True)}
+                "family": self.family.name, "meta": json.dumps(self.meta, sort_keys=True)}
         tensors = self.tensors()
         return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta), "identity file")
 
@@ -73,7 +93,19 @@ class FaceIdentity:
             raise F2DError(f"{path}: not a Face2Diffusion identity file (expected metadata format={FORMAT!r} and a "
                            f"'features' tensor; found {sorted(tensors)[:5]}). Create one with the Save Face node "
                            "or `python -m f2d_core encode`.")
-        for k, shape in SHAPES.items():
+        try:
+            family = family_named(header.get("family") or SD1.name)
+        except ValueError:
+            raise F2DError(f"{path}: made for the base model family {header.get('family')!r}, which this version of "
+                           f"the pack does not know ({', '.join(FAMILIES)}). Update the pack.") from None
+        words = {w: token_names(family, w) for w in ("s1", "s2")}
+        shapes = {**SHAPES, **{n: (width,) for names in words.values() for n, width in names.items()}}
+        foreign = sorted(k for k in tensors if k.startswith(("s1", "s2")) and k not in shapes)
+        if foreign:
+            raise F2DError(f"{path}: holds {foreign} but a {family.label} face stores "
+                           f"{sorted(n for names in words.values() for n in names)}; the file was not written by this "
+                           "pack. Save the face again.")
+        for k, shape in shapes.items():
             found = tuple(tensors[k].shape) if k in tensors else shape
             if len(found) != len(shape) or any(w not in (None, f) for w, f in zip(shape, found)):
                 expected = tuple("N" if w is None else w for w in shape)
@@ -82,19 +114,28 @@ class FaceIdentity:
         if "aligned" in tensors and tensors["aligned"].dtype != torch.uint8:
             raise F2DError(f"{path}: 'aligned' holds {tensors['aligned'].dtype} values, expected uint8 pixels; the "
                            "file was not written by this pack. Save the face again.")
-        for k in ("features", "s1", "s2", "features_per_face"):
+        for k in ("features", "features_per_face", *(n for names in words.values() for n in names)):
             if k in tensors:
                 tensors[k] = tensors[k].float()
         fix = ("The file is damaged or forged: save the face again (Encode Face -> Save Face, or "
                "`python -m f2d_core encode`).")
-        limits = {"features": FEATURE_LIMIT, "features_per_face": FEATURE_LIMIT, "s1": TOKEN_LIMIT, "s2": TOKEN_LIMIT}
+        limits = {"features": FEATURE_LIMIT, "features_per_face": FEATURE_LIMIT,
+                  **{n: TOKEN_LIMIT for names in words.values() for n in names}}
         require_finite([(f"{path}: {k!r}", tensors.get(k), limit, fix) for k, limit in limits.items()])
+        stored = {}
+        for word, names in words.items():  # a word is stored whole or not at all
+            present = [n for n in names if n in tensors]
+            if present and len(present) != len(names):
+                raise F2DError(f"{path}: has {present} but not {sorted(set(names) - set(present))}; the file is "
+                               "incomplete. Save the face again.")
+            stored[word] = torch.cat([tensors[n] for n in names]) if present else None
         try:
             meta = json.loads(header.get("meta", "{}"))
         except json.JSONDecodeError:
             raise F2DError(f"{path}: its metadata is not valid JSON; save the face again.") from None
-        return cls(features=tensors["features"], s1=tensors.get("s1"), s2=tensors.get("s2"),
-                   features_per_face=tensors.get("features_per_face"), aligned=tensors.get("aligned"), meta=meta)
+        return cls(features=tensors["features"], s1=stored["s1"], s2=stored["s2"],
+                   features_per_face=tensors.get("features_per_face"), aligned=tensors.get("aligned"), meta=meta,
+                   family=family)
 
 
 # ---- face names: NAME or folder/NAME under the identity folder ----------------------------------

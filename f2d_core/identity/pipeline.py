@@ -54,5 +54,5 @@ def encode_images(encoder: F2DEncoder, images, detector=None, policy="largest", 
                        "mapping": os.path.basename(encoder.mapping_path)},
             "model_sha256": encoder.model_hashes}
     return FaceIdentity(features=features, s1=s1[0].cpu(), s2=s2[0].cpu(), features_per_face=per_face,
-                        aligned=torch.from_numpy(crops), meta=meta)
+                        aligned=torch.from_numpy(crops), meta=meta, family=encoder.family)
 

@@ -1,12 +1,14 @@
 """Host-independent helpers on text-encoder token lists and CONDITIONING.
 
-CONDITIONING is ComfyUI's list of `[cond (1, 77*k, 768), {"pooled_output": ..., ...}]` pairs.
+CONDITIONING is ComfyUI's list of `[cond (1, 77*k, width), {"pooled_output": ..., ...}]` pairs
+(width 768 for SD1.x, 2048 for SDXL).
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import F2DError
+from ..models.families import Family, family_for_keys
 
 # Which model family a CLIP is, from the keys of its token lists.
 _FAMILIES = {
@@ -23,13 +25,16 @@ def clip_family(token_keys) -> str:
     return _FAMILIES.get(keys, f"an unknown text encoder (token lists {sorted(keys)})")
 
 
-def require_sd1(token_keys) -> None:
-    """Face2Diffusion's tokens are SD1.x CLIP-L word embeddings; anything else gets a plain message."""
-    family = clip_family(token_keys)
-    if family != "SD1.x":
+def text_family(token_keys) -> Family:
+    """The base model family (SD1.x, SDXL) of a CLIP from the keys of its token lists; anything
+    Face2Diffusion has no mapping for gets a plain message."""
+    found = family_for_keys(token_keys)
+    if found is None:
         raise F2DError(
-            f"Face2Diffusion works with SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes), but "
-            f"this CLIP belongs to {family}. Load an SD1.x checkpoint and connect its CLIP output.")
+            f"Face2Diffusion works with SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes) and "
+            f"SDXL-family ones (SDXL, SSD-1B, Vega, Pony, Illustrious), but this CLIP belongs to "
+            f"{clip_family(token_keys)}. Load one of those checkpoints and connect its CLIP output.")
+    return found
 
 
 def blend_conditioning(identity, reference, strength: float):

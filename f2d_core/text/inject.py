@@ -1,14 +1,17 @@
 """Putting S1*, S2* into ComfyUI-style token lists, exactly as the official code does.
 
-A token list is `{"l": [chunk, ...]}`, each chunk 77 `(token, weight)` or
-`(token, weight, word_id)` tuples: BOS, up to 75 prompt tokens, EOS, EOS padding.
-A token may be a tensor instead of an id; the text encoder then uses it as the
-token embedding and adds the position embedding of its slot.
+A token list is `{"l": [chunk, ...]}` (SD1.x) or `{"g": [...], "l": [...]}` (SDXL), each chunk
+77 `(token, weight)` or `(token, weight, word_id)` tuples: BOS, up to 75 prompt tokens, EOS,
+padding (EOS for clip_l, 0 for clip_g: `TextStream.pad_token`). A token may be a tensor
+instead of an id; the text encoder then uses it as the token embedding and adds the position
+embedding of its slot.
 
 The official code *overwrites* token+position embeddings with S*, so S* must carry
 no position embedding: we put `S - position_embedding[slot]` in the token stream.
 Matching is on token ids over the prompt's tokens across chunk boundaries, so a
 trigger split between two chunks is still found, and each vector gets its own slot.
+With several text encoders (`inject_family`) each stream gets its own part of S* minus its
+own encoder's position table; the streams share the tokenizer, so the slots are the same.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from ..errors import TriggerError
+from ..models.families import Family
 
 BOS, EOS = 49406, 49407  # SD1.x CLIP start / end (and pad) tokens
 DEFAULT_TRIGGER = "f l"
@@ -89,16 +93,17 @@ def find_trigger(chunks, trigger_ids: Sequence[int]) -> list[list[tuple[int, int
 
 
 def replace_trigger(tokens: dict, trigger_ids: Sequence[int], replacement: Sequence, key: str = "l",
-                    decode=None, trigger_text: str | None = None) -> dict:
+                    decode=None, trigger_text: str | None = None, pad_token: int = EOS) -> dict:
     """A copy of `tokens` with every occurrence of the trigger replaced by `replacement` items.
 
     Items fill the trigger's slots in order and keep each slot's weight (and word id);
     surplus trigger slots are removed, surplus items are inserted after the trigger.
-    Every chunk keeps its length: padding absorbs the difference.
+    Every chunk keeps its length: padding absorbs the difference (the chunk's own padding, or
+    `pad_token` when a full chunk had none).
     """
     if key not in tokens:
         raise TriggerError(f"the token lists have no {key!r} entry (found {sorted(tokens)}); "
-                           "Face2Diffusion works with SD1.x checkpoints only.")
+                           "Face2Diffusion works with SD1.x and SDXL checkpoints only.")
     chunks = [list(c) for c in tokens[key]]
     occurrences = find_trigger(chunks, trigger_ids)
     label = repr(trigger_text) if trigger_text else f"with token ids {list(trigger_ids)}"
@@ -127,7 +132,9 @@ def replace_trigger(tokens: dict, trigger_ids: Sequence[int], replacement: Seque
                 content.append(chunk[i])
             content += inserts.get((c, i), [])
         tail = chunk[end:] or [(EOS, 1.0) + tuple(chunk[-1][2:])]
-        eos_item, pad_item = tail[0], tail[-1]
+        # a full chunk ends in EOS with no padding: then the encoder's own pad (clip_g pads with 0)
+        eos_item = tail[0]
+        pad_item = tail[-1] if len(tail) > 1 else (pad_token, 1.0) + tuple(eos_item[2:])
         n_pad = len(chunk) - start - len(content) - 1
         if n_pad < 0:
             raise TriggerError(
@@ -153,22 +160,65 @@ def _resolve(tokens: dict, key: str, position_embedding: torch.Tensor) -> dict:
 def inject_face(tokens: dict, trigger_ids: Sequence[int], s1: torch.Tensor, s2: torch.Tensor,
                 position_embedding: torch.Tensor, key: str = "l",
                 decode: Mapping[int, str] | Callable[[int], str] | None = None,
-                trigger_text: str | None = None) -> dict:
-    """Replace every occurrence of the trigger with S1*, S2* (minus their slots' position embeddings).
+                trigger_text: str | None = None, pad_token: int = EOS) -> dict:
+    """Replace every occurrence of the trigger in the `key` stream with S1*, S2* (minus their
+    slots' position embeddings).
 
-    s1, s2: (768,) or (1, 768). position_embedding: (77, 768), the text encoder's table.
+    s1, s2: (W,) or (1, W). position_embedding: (77, W), that text encoder's table (SD1.x: W = 768).
     A one-token trigger grows to two slots, a longer one shrinks to two; the chunk keeps
-    77 slots. `decode` (id -> token string) only makes error messages readable.
+    77 slots (padded with `pad_token` where it had no padding). `decode` (id -> token string)
+    only makes error messages readable.
     """
     vecs = []
     for name, s in (("s1", s1), ("s2", s2)):
         s = torch.as_tensor(s).float().cpu()  # not detached: training backpropagates into S* (f2d_core.train)
         if s.numel() != position_embedding.shape[-1]:
-            raise TriggerError(f"{name} has {s.numel()} values but the text encoder is "
-                               f"{position_embedding.shape[-1]}-wide; Face2Diffusion works with SD1.x (768).")
+            raise TriggerError(f"{name} has {s.numel()} values but the {key!r} text encoder is "
+                               f"{position_embedding.shape[-1]}-wide: the identity tokens are for another base "
+                               "model (SD1.x: 768; SDXL: 768 + 1280).")
         vecs.append(s.reshape(-1))
     pos = position_embedding.detach().float().cpu()
     # a fresh _Pending per occurrence is unnecessary: _resolve creates a new tensor per slot
     pending = [_Pending(vecs[0]), _Pending(vecs[1])]
-    replaced = replace_trigger(tokens, trigger_ids, pending, key, decode, trigger_text)
+    replaced = replace_trigger(tokens, trigger_ids, pending, key, decode, trigger_text, pad_token)
     return _resolve(replaced, key, pos)
+
+
+def check_word_width(family: Family, s: torch.Tensor, name: str = "s1") -> torch.Tensor:
+    """S* as the mapping network gives it, flattened: family.token_width values, or a TriggerError."""
+    s = torch.as_tensor(s)
+    if s.numel() != family.token_width:
+        widths = " + ".join(f"{st.width} ({st.key})" for st in family.streams)
+        raise TriggerError(f"{name} has {s.numel()} values, but an identity word for {family.label} has "
+                           f"{family.token_width} = {widths}: the tokens were made by another base model's "
+                           "mapping network.")
+    return s.reshape(-1)
+
+
+def inject_family(tokens: dict, family: Family, trigger_ids: Sequence[int], s1: torch.Tensor, s2: torch.Tensor,
+                  position_embeddings: Mapping[str, torch.Tensor],
+                  decode: Mapping[int, str] | Callable[[int], str] | None = None,
+                  trigger_text: str | None = None) -> dict:
+    """inject_face into every text encoder of `family`: stream k gets `split(S)[k] - pos_k[slot]`.
+
+    s1, s2: (family.token_width,), the mapping network's words (SDXL: 768 for "l" then 1280 for "g").
+    position_embeddings: {stream key: (77, width)} table of each text encoder.
+    """
+    words1 = family.split(check_word_width(family, s1, "s1"))
+    words2 = family.split(check_word_width(family, s2, "s2"))
+    for stream in family.streams:
+        if stream.key not in position_embeddings:
+            raise TriggerError(f"no position table for the {stream.key!r} text encoder of {family.label} "
+                               f"(given: {sorted(position_embeddings)}).")
+        tokens = inject_face(tokens, trigger_ids, words1[stream.key], words2[stream.key],
+                             position_embeddings[stream.key], stream.key, decode, trigger_text, stream.pad_token)
+    return tokens
+
+
+def replace_family(tokens: dict, family: Family, trigger_ids: Sequence[int], replacement: Sequence[int],
+                   decode=None, trigger_text: str | None = None) -> dict:
+    """replace_trigger in every text encoder's token list of `family` (e.g. the class word)."""
+    for stream in family.streams:
+        tokens = replace_trigger(tokens, trigger_ids, replacement, stream.key, decode, trigger_text,
+                                 stream.pad_token)
+    return tokens

@@ -4,6 +4,12 @@ Pickles are read with `torch.load(weights_only=True)`: a file that would run cod
 when unpickled is refused. Every file is checked against the exact key set and shapes
 of the module it is meant for, and a wrong file is described ("this is the mapping
 checkpoint, not the MSID encoder") instead of failing deep inside load_state_dict.
+
+A mapping network belongs to a base model family (models/families.py): the official
+`mapping.pt` is SD1.x's (768-value words); an F2D-SDXL mapping is a .safetensors whose words
+are 768 + 1280 = 2048 values, with metadata saying so (`f2d_family`, `f2d_widths`,
+`f2d_trigger`, `f2d_msid_sha256`, `f2d_training`). The family is read from the shapes, and a
+file whose metadata says otherwise is refused.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..models.families import FAMILIES, SD1, Family, family as family_named
 from .outputs import check_output_path, write_atomic
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -37,9 +44,9 @@ def _msid():
     return MSIDEncoder()
 
 
-def _mapping():
+def _mapping(family: Family = SD1):
     from ..models.mapping import MappingNetwork
-    return MappingNetwork()
+    return MappingNetwork(token_dim=family.token_width)
 
 
 def _deep3d():
@@ -74,13 +81,16 @@ _FOREIGN = (
 _shape_cache: dict[str, dict[str, tuple]] = {}
 
 
-def expected_shapes(kind: str) -> dict[str, tuple]:
-    """{key: shape} of the module `kind` names, built once on the meta device (no memory)."""
-    if kind not in _shape_cache:
+def expected_shapes(kind: str, family: Family = SD1) -> dict[str, tuple]:
+    """{key: shape} of the module `kind` names (a mapping: of that family), built once on the
+    meta device (no memory)."""
+    key = kind if kind != "mapping" or family == SD1 else f"{kind}:{family.name}"
+    if key not in _shape_cache:
         with torch.device("meta"):
-            sd = KINDS[kind].module().state_dict()
-        _shape_cache[kind] = {k: tuple(v.shape) for k, v in sd.items()}
-    return _shape_cache[kind]
+            module = _mapping(family) if kind == "mapping" else KINDS[kind].module()
+            sd = module.state_dict()
+        _shape_cache[key] = {k: tuple(v.shape) for k, v in sd.items()}
+    return _shape_cache[key]
 
 
 def _size(path) -> str:
@@ -166,6 +176,53 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def read_metadata(path: str) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} for pickles, which have none)."""
+    path = os.fspath(path)
+    if not path.lower().endswith(SAFETENSORS_SUFFIX):
+        return {}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: its safetensors header cannot be read ({e}); download the file "
+                              "again.") from None
+
+
+def mapping_family(sd: dict, metadata: dict, path: str) -> Family:
+    """The base model family of a mapping network's weights: from the width of its words
+    (i2t_first.fc_out.weight rows), checked against the metadata's f2d_family and f2d_widths."""
+    shape = tuple(sd["i2t_first.fc_out.weight"].shape)
+    by_shape = next((f for f in FAMILIES.values() if f.token_width == shape[0]), None)
+    known = ", ".join(f"{f.label} {f.token_width}" for f in FAMILIES.values())
+    if by_shape is None:
+        raise CheckpointError(
+            f"{path}: a mapping network whose words have {shape[0]} values (i2t_first.fc_out.weight {shape}); no "
+            f"base model this pack knows has that width ({known}). Use the official mapping.pt (SD1.x) or an "
+            "F2D-SDXL mapping exported by `python -m f2d_core.train`.")
+    named = (metadata or {}).get("f2d_family")
+    if named:
+        try:
+            declared = family_named(named)
+        except ValueError:
+            raise CheckpointError(
+                f"{path}: its metadata names the base model family f2d_family={named!r}, which this version of "
+                f"the pack does not know ({', '.join(FAMILIES)}). Update the pack.") from None
+        if declared != by_shape:
+            raise CheckpointError(
+                f"{path}: its metadata says it is a {declared.label} mapping (f2d_family={named!r}), but its weights "
+                f"are {by_shape.label}'s ({shape[0]}-value words, i2t_first.fc_out.weight {shape}). The file is "
+                "inconsistent: export it again from its training run.")
+    widths = (metadata or {}).get("f2d_widths")
+    want = ",".join(str(s.width) for s in by_shape.streams)
+    if widths and widths.replace(" ", "") != want:
+        raise CheckpointError(
+            f"{path}: its metadata gives the text encoder widths f2d_widths={widths!r}, but {by_shape.label}'s are "
+            f"{want!r} (and its weights are {by_shape.label}'s). Export it again from its training run.")
+    return by_shape
+
+
 def identify(keys) -> str | None:
     """The kind in KINDS whose signature key is present, else None."""
     keys = set(keys)
@@ -190,15 +247,17 @@ def _list(keys, n=5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def validate(sd: dict, kind: str, path: str) -> None:
-    """Raise CheckpointError unless `sd` has exactly the keys and shapes of `kind`."""
+def validate(sd: dict, kind: str, path: str, metadata: dict | None = None) -> None:
+    """Raise CheckpointError unless `sd` has exactly the keys and shapes of `kind` (a mapping: of
+    the family its shapes and metadata agree on, see mapping_family)."""
     spec = KINDS[kind]
-    want = expected_shapes(kind)
     found = identify(sd.keys())
     if found != kind:
         raise CheckpointError(
             f"{path}: expected {spec.title} ({' or '.join(spec.file_names)}), but {describe(sd.keys())}. "
             "Check which file is selected in each slot.")
+    family = mapping_family(sd, metadata or {}, path) if kind == "mapping" else SD1
+    want = expected_shapes(kind, family)
     missing, unexpected = want.keys() - sd.keys(), sd.keys() - want.keys()
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {want[k]})" for k in sorted(want.keys() & sd.keys())
              if tuple(sd[k].shape) != want[k]]
@@ -210,16 +269,38 @@ def validate(sd: dict, kind: str, path: str) -> None:
             parts.append(f"unexpected {len(unexpected)} keys: {_list(unexpected)}")
         if wrong:
             parts.append(f"wrong shapes: {_list(wrong, 3)}")
+        fix = f"use the official {spec.file_names[0]}" if family == SD1 else "export it again from its training run"
         raise CheckpointError(
-            f"{path}: looks like {spec.title} but does not match the official layout ({'; '.join(parts)}). "
-            f"The file may be from another version or incomplete; use the official {spec.file_names[0]}.")
+            f"{path}: looks like {spec.title} but does not match the {'official' if family == SD1 else family.label} layout ({'; '.join(parts)}). "
+            f"The file may be from another version or incomplete; {fix}.")
 
 
 def load_checkpoint(path: str, kind: str) -> dict[str, torch.Tensor]:
     """Read and validate a checkpoint of `kind` ("msid", "mapping" or "deep3d")."""
     sd = read_state_dict(path)
-    validate(sd, kind, os.fspath(path))
+    validate(sd, kind, os.fspath(path), read_metadata(path))
     return sd
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    state_dict: dict
+    family: Family   # the base model whose text encoders its words are for
+    metadata: dict   # safetensors metadata ({} for the official .pt): f2d_trigger, f2d_training, ...
+
+    @property
+    def trigger(self) -> str | None:
+        return self.metadata.get("f2d_trigger") or None
+
+
+def load_mapping(path: str) -> MappingFile:
+    """Read and validate a mapping network file of any family: the official SD1.x mapping.pt (or its
+    .safetensors) or an F2D-SDXL .safetensors."""
+    path = os.fspath(path)
+    sd = read_state_dict(path)
+    metadata = read_metadata(path)
+    validate(sd, "mapping", path, metadata)
+    return MappingFile(sd, mapping_family(sd, metadata, path), metadata)
 
 
 def convert(src: str, dst: str) -> str:
@@ -234,7 +315,8 @@ def convert(src: str, dst: str) -> str:
     if kind is None:
         raise CheckpointError(f"{src}: {describe(sd.keys())}; only Face2Diffusion checkpoints "
                               f"({', '.join(n for s in KINDS.values() for n in s.file_names[:1])}) can be converted.")
-    validate(sd, kind, src)
+    metadata = read_metadata(src)
+    validate(sd, kind, src, metadata)
     tensors = {k: v.contiguous() for k, v in sd.items()}
-    write_atomic(dst, lambda tmp: save_file(tensors, tmp, metadata={"f2d_kind": kind}), "output")
+    write_atomic(dst, lambda tmp: save_file(tensors, tmp, metadata={**metadata, "f2d_kind": kind}), "output")
     return kind
