@@ -288,13 +288,17 @@ def _same(a, b):
 def test_two_ranks_train_the_weights_of_one_process_and_only_rank_0_writes(faces, tmp_path):
     """`python -m f2d_core.train mapping --base sdxl` on a diffusers SDXL folder: 1 process with batch 2, and
     2 ranks (gloo) of 1 sample each with the same seed: the same weights after 2 steps (the SD1.x
-    tolerance), which tells step 1 from step 2; rank 1 writes nothing."""
+    tolerance), which tells step 1 from step 2; rank 1 writes nothing. (The 1-process run samples
+    images after its last step, past the weights compared.)"""
     from f2d_core.train.__main__ import main
     files = {"data": faces[0], "landmarks": faces[1], "msid": tt.random_msid(tmp_path / "msid.pt"),
              "sd": str(tt.save_diffusers_folder(tt.tiny_sdxl_parts(), tmp_path / "sdxl"))}
     one, two = tmp_path / "one", tmp_path / "two"
     ranks = tt.RankProcesses(2, _argv(files, two, 2), tmp_path / "ranks", watch=two)
-    assert main(_argv(files, one, 2, "--snapshot-every", "1")) == 0  # (meanwhile the ranks start)
+    # (meanwhile the ranks start) the 1-process run also samples: SDXL's pooled output and time ids at inference
+    assert main(_argv(files, one, 2, "--snapshot-every", "1", "--sample-every", "2", "--sample-steps", "1")) == 0
+    from PIL import Image
+    assert np.asarray(Image.open(one / "samples" / "step0000002.png")).shape == (2 * 64, 3 * 64, 3)
     codes = ranks.wait(RUN_TIMEOUT_S)
     assert codes == [0, 0], (codes, ranks.text(0), ranks.text(1))
     assert _same(one / "mapping.safetensors", two / "mapping.safetensors"), \
