@@ -149,6 +149,33 @@ def test_the_identity_goes_into_both_encoders_as_the_official_overwrite(parts):
         torch.testing.assert_close(pooled[b], out.text_embeds[0], atol=2e-5, rtol=0)
 
 
+def test_each_encoder_gets_its_tokens_padded_as_comfyui_pads_them(tokenizer):
+    """One CLIP BPE for both SDXL encoders; CLIP-L pads with EOS (as SD1.x), bigG with 0; long prompts
+    become 77-token chunks in both."""
+    from f2d_core.text.clip import tokenize
+    ids = [t for t, _ in tokenize(tokenizer, "a photo of f l", SDXL)["l"][0]]
+    assert ids == [49406, 320, 1125, 539, 325, 331] + [49407] * 71
+    assert [t for t, _ in tokenize(tokenizer, "a photo of f l", SDXL)["g"][0]] == ids[:7] + [0] * 70
+    assert tokenize(tokenizer, "a photo of f l") == {"l": tokenize(tokenizer, "a photo of f l", SDXL)["l"]}
+    long = tokenize(tokenizer, " ".join(["photo"] * 80), SDXL)
+    assert [len(long[k]) for k in "lg"] == [2, 2] and long["g"][1][6] == (49407, 1.0) and long["g"][1][7] == (0, 1.0)
+
+
+def test_a_plain_prompt_is_encoded_as_sdxl_encodes_it(parts, tokenizer):
+    """Penultimate hidden states of both encoders side by side per 77-token chunk, and bigG's projected pooled
+    output of the first chunk (ComfyUI's choice), against transformers alone."""
+    from f2d_core.text.clip import encode_family, tokenize
+    prompt = "a photo of a person " + " ".join(["in a garden"] * 30)
+    tokens = tokenize(tokenizer, prompt, SDXL)
+    cond, pooled = encode_family(parts.text_encoders, tokens, SDXL)
+    assert cond.shape == (1, 154, 2048) and pooled.shape == (1, 1280)
+    outs = {k: m(input_ids=torch.tensor([[t for t, _ in c] for c in tokens[k]]), output_hidden_states=True)
+            for k, m in parts.text_encoders.items()}
+    want = torch.cat([outs["l"].hidden_states[-2], outs["g"].hidden_states[-2]], -1).reshape(1, 154, 2048)
+    torch.testing.assert_close(cond, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled, outs["g"].text_embeds[:1], rtol=0, atol=1e-6)
+
+
 def test_time_ids_come_from_each_samples_real_crop(tmp_path):
     """(original h, w, crop top, left, target h, w): the photo's size, where the crop's corner lies in the
     photo resized to the crop's scale, the crop size; a flipped sample measures left from the other side."""
