@@ -220,12 +220,23 @@ def test_the_unet_gets_the_batchs_time_ids_and_the_pooled_output(faces, tmp_path
 # ---- training -------------------------------------------------------------------------------------
 
 def test_gradients_reach_both_parts_of_s_star_and_nothing_frozen(faces, tmp_path):
-    tr = trainer(faces, tmp_path)
-    tr.loss(next(tr.batches(0)), step=0).backward()
-    out = tr.mapping.i2t_first.fc_out.weight.grad
+    """...and gradient checkpointing of SDXL's UNet gives the same gradients."""
+    grads = []
+    for ckpt in (False, True):
+        tr = trainer(faces, tmp_path / str(ckpt), gradient_checkpointing=ckpt)
+        tr.loss(next(tr.batches(0)), step=0).backward()
+        grads.append(tr.mapping.i2t_first.fc_out.weight.grad.clone())
+    out = grads[0]
     assert out.shape == (2048, 1536) and out[:768].abs().sum() > 0 and out[768:].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
     frozen = [tr.parts.unet, tr.parts.vae, tr.parts.text_encoder, tr.parts.text_encoder_2, tr.c.msid]
     assert all(not p.requires_grad and p.grad is None for m in frozen for p in m.parameters())
+
+
+def test_both_text_encoders_stay_fp32_when_unet_and_vae_are_bf16():
+    frozen = tt.tiny_sdxl_parts().freeze("cpu", torch.bfloat16)
+    assert {p.dtype for m in (frozen.unet, frozen.vae) for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in frozen.text_encoders.values() for p in m.parameters()} == {torch.float32}
 
 
 def test_one_batch_is_overfit(faces, tmp_path):
