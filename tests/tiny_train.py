@@ -2,9 +2,12 @@
 
 - SD1.x-shaped diffusers models a few hundred kB big (same block types as SD1.5, 768-wide
   cross-attention, VAE with SD's factor 8), seeded random weights;
-- `ldm_state_dict`: those weights renamed to the original LDM single-file layout (the
-  inverse of the renaming diffusers applies when it reads such a file), to test our
-  single-file loader on a file that looks like a real SD1.x checkpoint;
+- SDXL-shaped ones (`tiny_sdxl_parts`: SDXL's block order, 2048-wide cross-attention, the
+  pooled/time-id embedding, CLIP-L and bigG-wide text encoders of 2 layers);
+- `ldm_state_dict` / `sdxl_state_dict`: those weights renamed to the original single-file
+  layouts (the inverse of the renaming diffusers applies when it reads such a file; for SDXL's
+  bigG, OpenCLIP's names with fused q/k/v), to test our single-file loader on a file that
+  looks like a real SD1.x or SDXL checkpoint;
 - synthetic face photos with known landmarks, and random MSID / mapping checkpoints.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from f2d_core.train.__main__ import main as train_main
-from f2d_core.train.bench import TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (the benchmark's toy size)
+from f2d_core.train.bench import TINY, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (the benchmark's toy size)
 
 
 def tiny_configs():
@@ -74,10 +77,48 @@ def _build_tiny_parts(seed, tokenizer=None):
     return SDParts(unet.eval(), vae.eval(), text.eval(), dict(cfg["scheduler"]), tokenizer, configs=cfg)
 
 
+def tiny_sdxl_configs():
+    from f2d_core.train.sd import SD1_SCHEDULER
+    return {**TINY["sdxl"], "scheduler": dict(SD1_SCHEDULER)}
+
+
+def tiny_sdxl_parts(seed=0, tokenizer=None):
+    """A fresh copy of the tiny SDXL-shaped parts for `seed` (built once per session)."""
+    import copy
+    key = ("sdxl", seed)
+    if key not in _BUILT:
+        _BUILT[key] = _build_tiny_sdxl_parts(seed)
+    parts = copy.deepcopy(_BUILT[key])
+    parts.tokenizer = tokenizer
+    return parts
+
+
+def _build_tiny_sdxl_parts(seed):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from f2d_core.models.families import SDXL
+    from f2d_core.train.sd import SDParts
+    cfg = tiny_sdxl_configs()
+    unet = _seeded(UNet2DConditionModel(**cfg["unet"]), seed)
+    vae = _seeded(AutoencoderKL(**cfg["vae"]), seed + 1)
+    text = _seeded(CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])), seed + 2)
+    text_2 = _seeded(CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])), seed + 3)
+    with torch.no_grad():  # CLIP-like embedding scale, so S* (std ~0.5) and words are comparable
+        for t in (text, text_2):
+            emb = getattr(t, "text_model", t).embeddings
+            emb.token_embedding.weight.mul_(0.02 / emb.token_embedding.weight.std())
+            emb.position_embedding.weight.mul_(0.01 / emb.position_embedding.weight.std())
+    return SDParts(unet.eval(), vae.eval(), text.eval(), dict(cfg["scheduler"]), configs=cfg, family=SDXL,
+                   text_encoder_2=text_2.eval())
+
+
 def save_diffusers_folder(parts, path):
     parts.unet.save_pretrained(os.path.join(path, "unet"))
     parts.vae.save_pretrained(os.path.join(path, "vae"))
     parts.text_encoder.save_pretrained(os.path.join(path, "text_encoder"))
+    if parts.text_encoder_2 is not None:
+        parts.text_encoder_2.save_pretrained(os.path.join(path, "text_encoder_2"))
     os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
     with open(os.path.join(path, "scheduler", "scheduler_config.json"), "w") as f:
         json.dump({"_class_name": "PNDMScheduler", **parts.scheduler_config}, f)
@@ -92,6 +133,7 @@ _RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj",
 
 def _unet_key(k: str, per_level: int) -> str:
     top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+           "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
     for a, b in top.items():
         if k.startswith(a + "."):
@@ -161,6 +203,42 @@ def _vae_key(k: str, n_blocks: int) -> str:
 
 def ldm_state_dict(parts, text_prefix="text_model.") -> dict:
     """The parts' weights under the names of an original SD1.x single-file checkpoint."""
+    out = _ldm_unet_vae(parts)
+    for k, v in parts.text_encoder.state_dict().items():
+        k = k if k.startswith("text_model.") else text_prefix + k
+        out["cond_stage_model.transformer." + k] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def sdxl_state_dict(parts) -> dict:
+    """The parts' weights under the names of `sd_xl_base_1.0.safetensors`: UNet and VAE as in SD1.x
+    (plus `label_emb`, the pooled/time-id embedding), CLIP-L in transformers' names under
+    conditioner.embedders.0.transformer., bigG in OpenCLIP's under conditioner.embedders.1.model."""
+    out = _ldm_unet_vae(parts)
+    for k, v in parts.text_encoder.state_dict().items():
+        out["conditioner.embedders.0.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    g = {k.removeprefix("text_model."): v for k, v in parts.text_encoder_2.state_dict().items()}
+    pre = "conditioner.embedders.1.model."
+    out[pre + "token_embedding.weight"] = g.pop("embeddings.token_embedding.weight")
+    out[pre + "positional_embedding"] = g.pop("embeddings.position_embedding.weight")
+    out[pre + "ln_final.weight"] = g.pop("final_layer_norm.weight")
+    out[pre + "ln_final.bias"] = g.pop("final_layer_norm.bias")
+    out[pre + "text_projection"] = g.pop("text_projection.weight").T  # OpenCLIP: x @ text_projection
+    out[pre + "logit_scale"] = torch.tensor(4.6052)  # in the real file, unused by the text side
+    for i in range(parts.text_encoder_2.config.num_hidden_layers):
+        a, b = f"encoder.layers.{i}.", f"{pre}transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[b + "attn.in_proj_" + p] = torch.cat([g.pop(f"{a}self_attn.{n}_proj.{p}") for n in "qkv"])
+            out[b + "attn.out_proj." + p] = g.pop(f"{a}self_attn.out_proj.{p}")
+            out[b + "ln_1." + p] = g.pop(f"{a}layer_norm1.{p}")
+            out[b + "ln_2." + p] = g.pop(f"{a}layer_norm2.{p}")
+            out[b + "mlp.c_fc." + p] = g.pop(f"{a}mlp.fc1.{p}")
+            out[b + "mlp.c_proj." + p] = g.pop(f"{a}mlp.fc2.{p}")
+    assert not g, sorted(g)  # every bigG weight has its OpenCLIP name
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _ldm_unet_vae(parts) -> dict:
     per = parts.unet.config.layers_per_block
     unet_sd = parts.unet.state_dict()
     out = {}
@@ -175,10 +253,7 @@ def ldm_state_dict(parts, text_prefix="text_model.") -> dict:
         if ".mid.attn_1." in name and name.endswith("weight") and v.ndim == 2:
             v = v[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
         out["first_stage_model." + name] = v
-    for k, v in parts.text_encoder.state_dict().items():
-        k = k if k.startswith("text_model.") else text_prefix + k
-        out["cond_stage_model.transformer." + k] = v
-    return {k: v.contiguous() for k, v in out.items()}
+    return out
 
 
 # ---- synthetic faces -------------------------------------------------------------------------

@@ -51,9 +51,13 @@ def _parser():
                                              "(needs requirements-train.txt).")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    m = sub.add_parser("mapping", help="train the mapping network (paper §3.3-3.4), writes mapping.pt")
+    m = sub.add_parser("mapping", help="train the mapping network (paper §3.3-3.4), writes mapping.pt (SD1.x) or "
+                                       "mapping.safetensors (SDXL)")
     m.add_argument("--data", required=True, help="folder of face photos (subfolders are searched too)")
-    m.add_argument("--sd", required=True, help="SD1.x checkpoint (.safetensors / .ckpt) or diffusers folder")
+    m.add_argument("--base", default="sd1", choices=("sd1", "sdxl"),
+                   help="the base model family: sd1 (SD 1.4/1.5, default) or sdxl (SDXL base 1.0 and its fine-tunes)")
+    m.add_argument("--sd", required=True, help="checkpoint of --base (.safetensors / .ckpt, e.g. "
+                                               "sd_xl_base_1.0.safetensors) or diffusers folder")
     m.add_argument("--msid", required=True, help="MSID encoder (msid.pt or .safetensors), frozen")
     m.add_argument("--expression", default=None,
                    help="Deep3DFaceRecon epoch_20.pth for the expression input; without it every sample uses null_exp")
@@ -66,7 +70,8 @@ def _parser():
     m.add_argument("--loss", default="cgdr", choices=("cgdr", "reconstruction", "masked"),
                    help="cgdr: the paper's Eq. 7 (default); reconstruction: Eq. 1; masked: Eq. 8")
     m.add_argument("--expression-dropout", type=float, default=0.2, help="probability of null_exp (Eq. 4)")
-    m.add_argument("--resolution", type=int, default=512, help="SD crop size (default 512)")
+    m.add_argument("--resolution", type=int, default=None,
+                   help="SD crop size (default: sd1 512, sdxl 1024; 512 or 768 make SDXL runs cheaper)")
     m.add_argument("--crop", default="ffhq", choices=("ffhq", "none"),
                    help="ffhq: FFHQ alignment from the landmarks (default); none: photos are already such crops")
     m.add_argument("--prompt", default="a photo of f l")
@@ -128,7 +133,7 @@ def cmd_mapping(a) -> int:
         detector=a.detector, landmarks=a.landmarks, tokenizer=a.tokenizer, init_mapping=a.init_mapping,
         steps=a.steps, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, loss=a.loss,
-        expression_dropout=a.expression_dropout, resolution=a.resolution, crop=a.crop, flip=a.flip,
+        expression_dropout=a.expression_dropout, base=a.base, resolution=a.resolution, crop=a.crop, flip=a.flip,
         prompt=a.prompt, class_prompt=a.class_prompt, mask_classes=classes, precision=a.precision,
         device=a.device, gradient_checkpointing=a.gradient_checkpointing, workers=a.workers, seed=a.seed,
         save_every=a.save_every, snapshot_every=a.snapshot_every, sample_every=a.sample_every,
@@ -137,7 +142,11 @@ def cmd_mapping(a) -> int:
     with launch(a.device, a.dist_timeout) as ranks:
         out = MappingTrainer(cfg).run(resume=a.resume)
     if ranks.is_main:
-        print(f"wrote {out}/mapping.pt and mapping.safetensors (load them like the official mapping.pt)")
+        if a.base == "sd1":
+            print(f"wrote {out}/mapping.pt and mapping.safetensors (load them like the official mapping.pt)")
+        else:
+            print(f"wrote {out}/mapping.safetensors (an F2D-{a.base.upper()} mapping: load it with Load Face2Diffusion "
+                  "Encoder like the SD1 ones)")
     return 0
 
 

@@ -1,14 +1,16 @@
 """Speed and memory of one training step, with random weights (no files needed).
 
     python -m f2d_core.train bench-step --device cuda                  # mapping, full SD1.5 size, paper's batch 32
+    python -m f2d_core.train bench-step --base sdxl --device cuda      # mapping, full SDXL size, 1024²
     python -m f2d_core.train bench-step --device cuda --micro-batch-size 8 --gradient-checkpointing
     python -m f2d_core.train bench-step --trainer msid --device cuda   # MSID, batch 1024
     python -m f2d_core.train bench-step --size tiny --device cpu       # the toy size of the tests
     python -m f2d_core.train bench-step --device cuda --world-size 8   # one of 8 GPUs: batch 32 / 8 = 4
     torchrun --nproc_per_node 8 -m f2d_core.train bench-step --device cuda   # 8 GPUs, real all-reduce
 
-Full size is the real SD1.x architecture (UNet 860 M, VAE 84 M, CLIP-L 123 M parameters)
-with the frozen MSID, a random Deep3DFaceRecon ResNet-50 and a random BiSeNet, so the
+Full size is the real SD1.x architecture (UNet 860 M, VAE 84 M, CLIP-L 123 M parameters), or
+with `--base sdxl` SDXL's (UNet 2.57 G, VAE 84 M, CLIP-L 123 M, OpenCLIP bigG 695 M), with
+the frozen MSID, a random Deep3DFaceRecon ResNet-50 and a random BiSeNet, so the
 step does all the work of a real one. Prints seconds per step, hours per 1k steps, peak
 memory per rank (GPU; the process's peak RSS on the CPU) and what each rank holds.
 """
@@ -39,20 +41,37 @@ TINY_VAE = dict(
 TINY_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=64, num_hidden_layers=1,
                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
                  projection_dim=768)
+# toy SDXL-shaped models: SDXL's block order, linear projections, 2048-wide cross-attention, the
+# "text_time" embedding (pooled 1280 + 6 time ids x 8); both text encoders at their real widths (S*
+# is 768 + 1280 wide) with 2 layers, so the penultimate layer is a real transformer layer's output
+TINY_SDXL_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    cross_attention_dim=2048, attention_head_dim=8, use_linear_projection=True, norm_num_groups=32,
+    addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 1280)
+TINY_SDXL_VAE = dict(TINY_VAE, scaling_factor=0.13025)
+TINY_SDXL_TEXT = dict(TINY_TEXT, num_hidden_layers=2)
+TINY_SDXL_TEXT_2 = dict(TINY_TEXT, hidden_size=1280, num_attention_heads=20, num_hidden_layers=2, hidden_act="gelu",
+                        projection_dim=1280)
+TINY = {"sd1": {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_TEXT},
+        "sdxl": {"unet": TINY_SDXL_UNET, "vae": TINY_SDXL_VAE, "text_encoder": TINY_SDXL_TEXT,
+                 "text_encoder_2": TINY_SDXL_TEXT_2}}
 
 
-def random_parts(size: str, device):
-    """SDParts with random weights at `size` ("full": SD1.x, "tiny": the toy configs)."""
+def random_parts(size: str, device, base: str = "sd1"):
+    """SDParts with random weights at `size` ("full": the family's architecture, "tiny": the toy configs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .sd import SD1_SCHEDULER, SD1_TEXT, SD1_UNET, SD1_VAE, SDParts
-    unet_c, vae_c, text_c = (SD1_UNET, SD1_VAE, SD1_TEXT) if size == "full" else (TINY_UNET, TINY_VAE, TINY_TEXT)
+    from ..models.families import family
+    from .sd import ARCHITECTURES, SD1_SCHEDULER, SDParts
+    c = ARCHITECTURES[base] if size == "full" else TINY[base]
     with torch.device(device):
-        unet = UNet2DConditionModel.from_config(unet_c)
-        vae = AutoencoderKL.from_config(vae_c)
-        text = CLIPTextModel(CLIPTextConfig(**text_c))
-    return SDParts(unet, vae, text, dict(SD1_SCHEDULER))
+        unet = UNet2DConditionModel.from_config(c["unet"])
+        vae = AutoencoderKL.from_config(c["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**c["text_encoder"]))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**c["text_encoder_2"])) if "text_encoder_2" in c else None
+    return SDParts(unet, vae, text, dict(SD1_SCHEDULER), family=family(base), text_encoder_2=text_2)
 
 
 class RandomFaces(torch.utils.data.Dataset):
@@ -71,6 +90,7 @@ class RandomFaces(torch.utils.data.Dataset):
                "id": torch.randint(0, 256, (3, 112, 112), generator=g, dtype=torch.uint8),
                "mask": torch.zeros(1, self.r, self.r, dtype=torch.uint8), "index": index, "flip": bool(flip)}
         out["mask"][:, self.r // 4:3 * self.r // 4, self.r // 4:3 * self.r // 4] = 1
+        out["time_ids"] = torch.tensor([self.r, self.r, 0, 0, self.r, self.r], dtype=torch.float32)
         if self.exp:
             out["exp"] = torch.randint(0, 256, (3, 224, 224), generator=g, dtype=torch.uint8)
         return out
@@ -98,15 +118,17 @@ def _mapping_trainer(args, out, device, batch_size):
     from .expression import RegressorExpression
     from .mapping_trainer import Components, MappingConfig, MappingTrainer
     from .parsing import BiSeNet, FaceParser
-    resolution = args.resolution or (512 if args.size == "full" else 64)
-    cfg = MappingConfig(out=out, steps=10 ** 9, batch_size=batch_size, micro_batch_size=args.micro_batch_size,
+    from ..models.families import family
+    resolution = args.resolution or (family(args.base).resolution if args.size == "full" else 64)
+    cfg = MappingConfig(base=args.base, out=out, steps=10 ** 9, batch_size=batch_size,
+                        micro_batch_size=args.micro_batch_size,
                         resolution=resolution, precision=args.precision, device=args.device, loss=args.loss,
                         gradient_checkpointing=args.gradient_checkpointing, workers=args.workers, progress=False,
                         sample_every=0)
     with torch.device(device):
         expression = RegressorExpression(ExpressionRegressor(ReconNet())) if args.expression else None
         parser = FaceParser(BiSeNet()) if args.parsing else None
-    comps = Components(random_parts(args.size, device), MSIDEncoder(), expression, parser)
+    comps = Components(random_parts(args.size, device, args.base), MSIDEncoder(), expression, parser)
     return MappingTrainer(cfg, comps, RandomFaces(4096, resolution, args.expression))
 
 
@@ -140,7 +162,8 @@ def held_memory(tr) -> dict:
     gib = 2 ** 30
     if hasattr(tr, "parts"):
         frozen = {"unet": tr.parts.unet, "vae": tr.parts.vae, "text_encoder": tr.parts.text_encoder,
-                  "msid": tr.c.msid, "expression": tr.c.expression, "parser": tr.c.parser}
+                  "text_encoder_2": tr.parts.text_encoder_2, "msid": tr.c.msid, "expression": tr.c.expression,
+                  "parser": tr.c.parser}
     else:
         frozen = {}
     out = {f"frozen {k} ({_dtype(m)})": round(_bytes(m) / gib, 3) for k, m in frozen.items() if m is not None}
@@ -198,7 +221,7 @@ def bench(args) -> dict:
            "seconds_per_step": round(per_step, 4), "hours_per_1k_steps": round(per_step * 1000 / 3600, 3),
            "setup_seconds": round(setup, 1), "loss": round(losses[-1], 5), "torch": torch.__version__}
     if args.trainer == "mapping":
-        res.update(loss_kind=args.loss, resolution=tr.cfg.resolution, expression=args.expression,
+        res.update(base=args.base, loss_kind=args.loss, resolution=tr.cfg.resolution, expression=args.expression,
                    parsing=args.parsing)
     mem = {"rank": ranks.rank, "seconds_per_step": res["seconds_per_step"], "peak_process_rss_gib": _peak_rss_gib()}
     if cuda:
@@ -211,7 +234,10 @@ def bench(args) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--trainer", choices=("mapping", "msid"), default="mapping")
-    p.add_argument("--size", choices=("full", "tiny"), default="full", help="full: SD1.x architecture (default)")
+    p.add_argument("--base", choices=("sd1", "sdxl"), default="sd1",
+                   help="mapping: the base model family whose architecture is timed (default sd1)")
+    p.add_argument("--size", choices=("full", "tiny"), default="full",
+                   help="full: the real architecture of --base (default); tiny: the toy models of the tests")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--batch-size", type=int, default=None, help="default: the paper's (mapping 32, msid 1024)")
@@ -219,7 +245,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--world-size", type=int, default=None,
                    help="without torchrun: time one rank of a run on this many GPUs (its share of --batch-size, "
                         "without the gradient all-reduce); under torchrun: the number of processes")
-    p.add_argument("--resolution", type=int, default=None, help="mapping: SD crop size (default 512; tiny 64)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="mapping: SD crop size (default: the family's, sd1 512, sdxl 1024; tiny 64)")
     p.add_argument("--loss", default="cgdr", choices=("cgdr", "reconstruction", "masked"))
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-expression", dest="expression", action="store_false",

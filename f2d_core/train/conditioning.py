@@ -1,10 +1,13 @@
 """Prompts -> UNet conditioning during training, with S* injected exactly as at inference.
 
-Every sample's identity tokens S1*, S2* go through `f2d_core.text.inject.inject_face` (which
-puts S* - position_embedding[slot] where "f l" stands, since the official code overwrites
-token + position embeddings) and `f2d_core.text.clip.encode_token_chunks` (which writes
-them into the frozen CLIP text encoder's token embeddings); both keep the autograd graph,
-so the loss reaches the mapping network through the frozen text encoder.
+Every sample's identity tokens S1*, S2* are split per text encoder of the base family
+(SD1.x: 768 for CLIP-L; SDXL: 768 for CLIP-L and 1280 for bigG, `Family.split`), and each
+part goes through `f2d_core.text.inject.inject_face` (which puts S* - position_embedding[slot]
+of that encoder where "f l" stands, since the official code overwrites token + position
+embeddings) and `f2d_core.text.clip.encode_chunks` (which writes them into the frozen
+encoder's token embeddings and reads the family's hidden layer, and bigG's pooled output);
+both keep the autograd graph, so the loss reaches the mapping network through the frozen
+text encoders.
 
 The prompts the paper trains with have fixed CLIP BPE token ids, listed below, so the
 default training needs no tokenizer files; other prompts need one (--tokenizer).
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ..text import inject
 from ..errors import F2DError
-from ..text.clip import encode_token_chunks, position_embedding
+from ..models.families import SD1, Family
+from ..text import inject
+from ..text.clip import encode_chunks, encode_family, position_embedding
 
 BOS, EOS = inject.BOS, inject.EOS
 TRAIN_PROMPT = "a photo of f l"
@@ -29,7 +33,7 @@ KNOWN_TOKEN_IDS = {
     "a photo of f l wearing sunglasses": [320, 1125, 539, 325, 331, 3309, 12906],
     "a painting of f l in a garden": [320, 3086, 539, 325, 331, 530, 320, 2756],
     "f l": [325, 331],
-}
+}  # (SDXL's two encoders share this BPE vocabulary: the same ids for both)
 
 
 def prompt_ids(prompt: str, tokenizer=None) -> list[int]:
@@ -44,35 +48,55 @@ def prompt_ids(prompt: str, tokenizer=None) -> list[int]:
                    f"prompts: {', '.join(repr(p) for p in KNOWN_TOKEN_IDS)}.")
 
 
-def token_chunk(ids: list[int]) -> list:
-    """One 77-token chunk: BOS, the prompt, EOS padding (ComfyUI's SD1 layout)."""
+def token_chunk(ids: list[int], pad: int = EOS) -> list:
+    """One 77-token chunk: BOS, the prompt, EOS, `pad` padding (ComfyUI's layout; SDXL's clip_g pads with 0)."""
     if len(ids) > 75:
         raise F2DError(f"training prompts must fit in 75 tokens, this one has {len(ids)}")
-    return [(t, 1.0) for t in [BOS] + ids + [EOS] * (76 - len(ids))]
+    return [(t, 1.0) for t in [BOS] + ids + [EOS] + [pad] * (75 - len(ids))]
 
 
 class PromptEncoder:
-    """Encodes one prompt template for a batch of identities (or none)."""
+    """Encodes one prompt template for a batch of identities (or none), through every text encoder
+    of `family`. text_encoders: {stream key: model}, or one model for a one-encoder family (SD1.x)."""
 
-    def __init__(self, text_encoder, prompt: str, tokenizer=None, trigger: str = TRIGGER):
-        self.text_encoder = text_encoder
+    def __init__(self, text_encoders, prompt: str, tokenizer=None, trigger: str = TRIGGER, family: Family = SD1):
+        self.family = family
+        self.encoders = text_encoders if isinstance(text_encoders, dict) else {family.keys[0]: text_encoders}
         self.prompt = prompt
-        self.tokens = {"l": [token_chunk(prompt_ids(prompt, tokenizer))]}
+        ids = prompt_ids(prompt, tokenizer)
+        self.tokens = {s.key: [token_chunk(ids, s.pad_token)] for s in family.streams}
         self.trigger_ids = prompt_ids(trigger, tokenizer)
-        self.has_trigger = bool(inject.find_trigger(self.tokens["l"], self.trigger_ids))
+        self.has_trigger = bool(inject.find_trigger(self.tokens[family.keys[0]], self.trigger_ids))
+
+    def encode(self):
+        """The prompt as written (e.g. the class prompt): ((1, 77, token_width) conditioning,
+        (1, projection) pooled output or None)."""
+        return encode_family(self.encoders, self.tokens, self.family)
 
     def plain(self) -> torch.Tensor:
-        """(1, 77, 768) conditioning of the prompt as written (e.g. the class prompt)."""
-        return encode_token_chunks(self.text_encoder, self.tokens["l"])
+        """(1, 77, token_width) conditioning of the prompt as written."""
+        return self.encode()[0]
 
-    def with_identity(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        """(B, 77, 768): the prompt with sample b's S1*, S2* in place of the trigger."""
+    def identity(self, s1: torch.Tensor, s2: torch.Tensor):
+        """The prompt with sample b's S1*, S2* (B, token_width) in place of the trigger in every
+        encoder's tokens: ((B, 77, token_width) conditioning, (B, projection) pooled output or None)."""
         if not self.has_trigger:
             raise F2DError(f"the prompt {self.prompt!r} does not contain the trigger; write it with 'f l' where "
                            "the person goes, e.g. 'a photo of f l'.")
-        pos = position_embedding(self.text_encoder)
-        chunks = []
-        for b in range(s1.shape[0]):
-            chunks += inject.inject_face(self.tokens, self.trigger_ids, s1[b], s2[b], pos)["l"]
-        hidden = encode_token_chunks(self.text_encoder, chunks)
-        return hidden.reshape(s1.shape[0], -1, hidden.shape[-1])
+        words1, words2 = self.family.split(s1), self.family.split(s2)
+        hidden, pooled = [], None
+        for stream in self.family.streams:
+            key, model = stream.key, self.encoders[stream.key]
+            pos = position_embedding(model)
+            chunks = []
+            for b in range(s1.shape[0]):
+                chunks += inject.inject_face({key: self.tokens[key]}, self.trigger_ids, words1[key][b],
+                                             words2[key][b], pos, key=key)[key]
+            h, p = encode_chunks(model, chunks, stream, pooled=self.family.pooled == key)
+            hidden.append(h)
+            pooled = p if p is not None else pooled
+        return torch.cat(hidden, dim=-1), pooled
+
+    def with_identity(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """(B, 77, token_width): the conditioning of `identity` without the pooled output."""
+        return self.identity(s1, s2)[0]

@@ -73,3 +73,25 @@ def transform_points(points, matrix) -> np.ndarray:
     p = np.asarray(points, np.float64)
     m = np.asarray(matrix, np.float64)[:2]
     return p @ m[:, :2].T + m[:, 2]
+
+
+def crop_time_ids(matrix, shape, size: int, flipped: bool = False) -> np.ndarray:
+    """SDXL's size and crop conditioning of one training crop (SDXL paper §2.2, diffusers
+    `add_time_ids`): (original height, original width, crop top, crop left, target height,
+    target width), whole pixels.
+
+    SDXL was trained on photos resized by a factor s and cropped; the crop's top-left corner,
+    measured in the resized photo, is the crop conditioning. Our crops are a similarity transform
+    of the photo (`matrix`, source -> crop), so: s is its scale, the corner is where the crop's
+    top-left corner lies in the photo, times s, and 0 where the crop reaches past the photo (the
+    reflected border). A flipped sample is the crop of the mirrored photo: its left is measured
+    from the photo's other side. Original size = the photo's size, target size = the crop's."""
+    h, w = shape[:2]
+    m = np.asarray(matrix, np.float64)[:2]
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    # the crop's continuous corner (-0.5, -0.5 in pixel-centre coordinates) back in the photo, continuous
+    corner = np.linalg.solve(m[:, :2], np.array([-0.5, -0.5]) - m[:, 2]) + 0.5
+    left, top = corner * scale
+    if flipped:
+        left = w * scale - size - left
+    return np.array([h, w, max(0.0, round(top)), max(0.0, round(left)), size, size], np.float32)

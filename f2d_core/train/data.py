@@ -25,7 +25,7 @@ import torch
 
 from ..errors import F2DError, NoFaceError
 
-from .crops import sd_crop_matrix, warp
+from .crops import crop_time_ids, sd_crop_matrix, warp
 from .masks import landmark_mask
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ def _chw(a: np.ndarray) -> torch.Tensor:
 
 class FaceDataset(torch.utils.data.Dataset):
     """dataset[(index, flipped)] -> {"sd": (3, S, S), "id": (3, 112, 112), "mask": (1, S, S)
-    [, "exp": (3, 224, 224)]}, all uint8, plus "index" and "flip"."""
+    [, "exp": (3, 224, 224)]}, all uint8, plus "index", "flip" and "time_ids" (6,) float32, SDXL's
+    size/crop conditioning of this very crop (crops.crop_time_ids)."""
 
     def __init__(self, root: str, records: list[FaceRecord], size: int = 512, expression_crops: bool = False,
                  crop: str = "ffhq"):
@@ -268,7 +269,8 @@ class FaceDataset(torch.utils.data.Dataset):
         if flip:
             out = {k: v[:, ::-1] for k, v in out.items()}
         out = {k: _chw(v) for k, v in out.items()}
-        out.update(index=index, flip=bool(flip))
+        time_ids = torch.from_numpy(crop_time_ids(m, rgb.shape, self.size, flip))
+        out.update(index=index, flip=bool(flip), time_ids=time_ids)
         return out
 
 

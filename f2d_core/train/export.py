@@ -1,6 +1,10 @@
 """Writing trained weights in the official layouts: mapping.pt / msid.pt (a plain state_dict
 pickled by torch.save, the official keys in the official order, fp32) and the same tensors
-as .safetensors. Both load unchanged with f2d_core.load_encoder and the nodes."""
+as .safetensors. Both load unchanged with f2d_core.load_encoder and the nodes.
+
+Mappings for other base families (SDXL) have no official file: they are written as one
+.safetensors with the same keys, wider outputs and metadata that says what they are
+(`save_family_mapping`, the F2D-SDXL format shared with the nodes' reader)."""
 from __future__ import annotations
 
 import os
@@ -32,3 +36,56 @@ def save_official(module: torch.nn.Module, kind: str, out_dir: str, stem: str | 
     save_file(dict(sd), st + ".tmp", metadata={"f2d_kind": kind, **{k: str(v) for k, v in (metadata or {}).items()}})
     os.replace(st + ".tmp", st)
     return pt, st
+
+
+def family_metadata(family, trigger: str, msid_sha256: str = "", training: dict | None = None) -> dict:
+    """The metadata of an F2D mapping file for `family` (models/families.py): what it is, for which
+    base model, the width of each text encoder's part, the trigger, the MSID it was trained with and
+    the training settings (a JSON object)."""
+    import json
+    widths = ",".join(str(s.width) for s in family.streams)
+    return {"f2d_kind": "mapping", "f2d_family": family.name, "f2d_widths": widths,
+            "f2d_trigger": trigger, "f2d_msid_sha256": msid_sha256 or "",
+            "f2d_training": json.dumps(training or {}, sort_keys=True)}
+
+
+def save_family_mapping(module: torch.nn.Module, family, out_dir: str, stem: str | None = None, trigger: str = "f l",
+                        msid_sha256: str = "", training: dict | None = None) -> str:
+    """Write OUT/<stem>.safetensors atomically: the mapping's tensors under the official keys (safetensors
+    stores them by name), fp32, each word `family.token_width` wide (SDXL: 768 + 1280 = 2048), with
+    `family_metadata`. Written with safetensors directly (the format is shared with the node's reader)."""
+    from safetensors.torch import save_file
+    sd = official_state_dict(module, "mapping")
+    rows = sd["i2t_first.fc_out.weight"].shape[0]
+    if rows != family.token_width:
+        raise ValueError(f"the mapping outputs {rows} values per word, {family.label} needs {family.token_width}")
+    st = os.path.join(out_dir, (stem or "mapping") + ".safetensors")
+    save_file(dict(sd), st + ".tmp", metadata=family_metadata(family, trigger, msid_sha256, training))
+    os.replace(st + ".tmp", st)
+    return st
+
+
+def read_family_mapping(path: str, family) -> "OrderedDict[str, torch.Tensor]":
+    """The tensors of an F2D mapping .safetensors for `family` (e.g. --init-mapping of an SDXL run),
+    refused with a message when the file says or shows another family."""
+    from safetensors import safe_open
+
+    from ..errors import CheckpointError
+    if not str(path).lower().endswith(".safetensors"):
+        raise CheckpointError(f"{path}: an {family.label} mapping is a .safetensors file (the F2D-{family.label} "
+                              "format the trainer writes); give one written by `python -m f2d_core.train mapping "
+                              f"--base {family.name}`.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            sd = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
+    except Exception as e:  # noqa: BLE001 - any reader failure means the same to the user
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}).") from None
+    said = meta.get("f2d_family", "sd1")
+    fc = sd.get("i2t_first.fc_out.weight")
+    rows = None if fc is None else int(fc.shape[0])
+    if said != family.name or rows != family.token_width:
+        raise CheckpointError(f"{path}: a mapping for {said!r} with {rows} values per word, not an {family.label} "
+                              f"mapping ({family.token_width}: {family.name}). Give a mapping trained with --base "
+                              f"{family.name}, or leave out --init-mapping.")
+    return sd

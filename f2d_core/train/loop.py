@@ -153,7 +153,9 @@ class BaseTrainer:
             raise F2DError(f"--resume: {path} does not exist; there is no run to continue in {self.cfg.out}.")
         state = load_state(path)
         old = state["config"]
-        changed = [k for k in self.resume_keys if old.get(k) != plain(getattr(self.cfg, k))]
+        # a setting the saved run predates (e.g. `base` of SD1.x-only versions) had its default then
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg)}
+        changed = [k for k in self.resume_keys if old.get(k, plain(defaults.get(k))) != plain(getattr(self.cfg, k))]
         if changed:
             raise F2DError(f"--resume: these settings differ from the run in {self.cfg.out}: "
                            + ", ".join(f"{k} {old.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)

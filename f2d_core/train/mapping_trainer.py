@@ -1,4 +1,4 @@
-"""Training the mapping network f_map (paper §3.3-3.4, §4.1).
+"""Training the mapping network f_map (paper §3.3-3.4, §4.1), for a base model family (SD1.x, SDXL).
 
 Only the two mapping MLPs and null_exp learn; MSID, the expression regressor, the face
 parser and all of Stable Diffusion are frozen. One step, per sample:
@@ -6,10 +6,15 @@ parser and all of Stable Diffusion are frozen. One step, per sample:
     features = MSID(ArcFace crop)                      frozen
     exp      = f_exp(Deep3DFaceRecon crop)             frozen; null_exp with probability 0.2 (Eq. 4)
     S1*, S2* = f_map(features ++ exp)                  trained
-    z_0      = VAE(SD crop) · 0.18215, z_t = noised z_0 at a uniform t, ε the noise
+    z_0      = VAE(SD crop) · scale, z_t = noised z_0 at a uniform t, ε the noise
     ε_S      = UNet(z_t, t, CLIP("a photo of f l" with S* injected as at inference))
     ε_class  = UNet(z_t, t, CLIP("a photo of a person"))           no gradient
     loss     = CGDR (Eq. 7) with the face mask M, or the ablations Eq. 1 / Eq. 8 (losses.py)
+
+The family (`--base`, models/families.py) is data: the width of S* (SD1.x 768; SDXL 768 + 1280,
+one part per text encoder), which encoders and hidden layers make the conditioning, and, for
+SDXL, bigG's pooled output and the size/crop time ids of each sample's real crop, which the
+UNet takes besides (`added_cond_kwargs`). The step is the same code for every family.
 
 Defaults are the paper's: batch 32, lr 1e-5, horizontal flip only, 100k iterations.
 
@@ -28,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import F2DError
+from ..models import families
 
 from . import runtime
-from .conditioning import CLASS_PROMPT, TRAIN_PROMPT, PromptEncoder
+from .conditioning import CLASS_PROMPT, TRAIN_PROMPT, TRIGGER, PromptEncoder
 from .data import to_msid_pixels
 from .loop import BaseTrainer
 from .losses import LOSSES, diffusion_loss, expression_keep_mask
@@ -61,7 +67,8 @@ class MappingConfig:
     max_grad_norm: float = 0.0             # 0: no clipping
     loss: str = "cgdr"
     expression_dropout: float = 0.2
-    resolution: int = 512
+    base: str = "sd1"                      # the base model family: sd1, sdxl (models/families.py)
+    resolution: int | None = None          # None: the family's (SD1.x 512, SDXL 1024)
     crop: str = "ffhq"
     flip: bool = True
     prompt: str = TRAIN_PROMPT
@@ -82,6 +89,12 @@ class MappingConfig:
     progress: bool = True
 
     def check(self):
+        try:
+            fam = families.family(self.base)
+        except ValueError as e:
+            raise F2DError(f"--base: {e}") from None
+        if self.resolution is None:
+            self.resolution = fam.resolution
         if self.loss not in LOSSES:
             raise F2DError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.steps < 1 or self.batch_size < 1:
@@ -95,7 +108,7 @@ class MappingConfig:
 
 # settings that must not change when a run is resumed (its exactness depends on them); the
 # micro-batch size and the number of ranks may change (per-sample draws)
-RESUME_KEYS = ("batch_size", "seed", "loss", "resolution", "crop", "flip", "prompt",
+RESUME_KEYS = ("base", "batch_size", "seed", "loss", "resolution", "crop", "flip", "prompt",
                "class_prompt", "expression_dropout", "lr", "weight_decay", "warmup_steps")
 
 
@@ -128,6 +141,15 @@ class PerSampleMapping(torch.nn.Module):
         return torch.cat(s1), torch.cat(s2)
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _seed_dropout(seed: int, device: torch.device):
     """Seed the generator nn.Dropout draws from on `device` (only that device's)."""
     if device.type == "cuda":
@@ -142,12 +164,16 @@ class MappingTrainer(BaseTrainer):
 
     def __init__(self, cfg: MappingConfig, components: Components | None = None, dataset=None):
         cfg.check()
+        self.family = families.family(cfg.base)
         self.setup_runtime(cfg)
-        self.title = f"mapping ({cfg.loss})"
+        self.title = f"mapping ({cfg.loss})" if self.family.name == "sd1" else \
+            f"{self.family.label} mapping ({cfg.loss})"
         with self.ranks.guard("loading the models"):  # every rank loads its own copy of the frozen models
             if components is None:
                 self._check_paths()
             self.c = components or self._load_components()
+            if self.c.parts.family != self.family:
+                raise F2DError(f"the models are {self.c.parts.family.label}, but the run is for --base {cfg.base}")
             self.parts = self.c.parts.freeze(self.device, runtime.frozen_dtype(self.device, self.precision))
             if cfg.gradient_checkpointing:
                 self.parts.unet.enable_gradient_checkpointing()
@@ -164,14 +190,17 @@ class MappingTrainer(BaseTrainer):
         self.wrap(PerSampleMapping(self.mapping))
         self.setup_optimizer(self.mapping.parameters())
         self.noise = self.parts.noise_scheduler()
-        tok = self.parts.tokenizer
-        self.prompt = PromptEncoder(self.parts.text_encoder, cfg.prompt, tok)
-        self.class_prompt = PromptEncoder(self.parts.text_encoder, cfg.class_prompt, tok)
+        self.prompt = self.prompt_encoder(cfg.prompt)
+        self.class_prompt = self.prompt_encoder(cfg.class_prompt)
         if not self.prompt.has_trigger:
             raise F2DError(f"--prompt {cfg.prompt!r} does not contain the trigger 'f l' (where S* goes), e.g. "
                            "'a photo of f l'.")
         with torch.no_grad(), self.autocast():
-            self.class_cond = self.class_prompt.plain().detach()
+            self.class_cond, self.class_pooled = self.class_prompt.encode()
+        self.msid_sha256 = _sha256(cfg.msid) if cfg.msid and os.path.isfile(cfg.msid) else ""
+
+    def prompt_encoder(self, prompt: str) -> PromptEncoder:
+        return PromptEncoder(self.parts.text_encoders, prompt, self.parts.tokenizer, family=self.family)
 
     # ---- setup ------------------------------------------------------------------------------
     def _check_paths(self):
@@ -196,7 +225,7 @@ class MappingTrainer(BaseTrainer):
         with torch.device("meta"):
             msid = MSIDEncoder()
         msid.load_state_dict(load_checkpoint(cfg.msid, "msid"), strict=True, assign=True)
-        parts = load_sd(cfg.sd, cfg.tokenizer)
+        parts = load_sd(cfg.sd, cfg.tokenizer, self.family)
         expression = parser = None
         if cfg.expression:
             from .expression import load_expression
@@ -223,10 +252,15 @@ class MappingTrainer(BaseTrainer):
         from ..models.mapping import MappingNetwork
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.cfg.seed, -1))
-            mapping = MappingNetwork()  # PyTorch's default init, null_exp = 0 as the official module
-        if self.cfg.init_mapping:
+            # PyTorch's default init, null_exp = 0 as the official module; one output per word for all encoders
+            mapping = MappingNetwork(token_dim=self.family.token_width)
+        path = self.cfg.init_mapping
+        if path and self.family.name == "sd1":
             from ..weights.checkpoint import load_checkpoint
-            mapping.load_state_dict(load_checkpoint(self.cfg.init_mapping, "mapping"), strict=True)
+            mapping.load_state_dict(load_checkpoint(path, "mapping"), strict=True)
+        elif path:
+            from .export import read_family_mapping
+            mapping.load_state_dict(read_family_mapping(path, self.family), strict=True)
         return mapping
 
     # ---- data -------------------------------------------------------------------------------
@@ -262,30 +296,62 @@ class MappingTrainer(BaseTrainer):
         t = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in gens]).to(dev)
         keep = torch.cat([expression_keep_mask(1, self.cfg.expression_dropout, g) for g in gens]).to(dev)
         z_t = self.noise.add_noise(latents, noise, t)
+        time_ids = batch["time_ids"].to(dev) if self.family.time_ids else None
         target = noise if self.parts.prediction_type == "epsilon" else self.noise.get_velocity(latents, noise, t)
         dropout_seeds = [sample_seed(self.cfg.seed, k) ^ 0x5DEECE66D for k in samples]
         s1, s2 = self.model(features, expression, keep if expression is not None else None, dropout_seeds)
         b = latents.shape[0]
         unet = self.parts.unet
         with self.autocast():
-            cond = self.prompt.with_identity(s1, s2)
-            pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+            cond, pooled = self.prompt.identity(s1, s2)
+            pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype),
+                        added_cond_kwargs=self._added(pooled, time_ids)).sample
             class_pred = None
             if self.cfg.loss == "cgdr":
                 with torch.no_grad():
                     ctx = self.class_cond.expand(b, -1, -1).to(unet.dtype)
-                    class_pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=ctx).sample
+                    added = self._added(None if self.class_pooled is None else self.class_pooled.expand(b, -1),
+                                        time_ids)
+                    class_pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
         return diffusion_loss(self.cfg.loss, pred.float(), target.float(), class_pred, mask)
+
+    def _added(self, pooled, time_ids):
+        """The UNet's extra conditioning: SDXL's pooled bigG output and the sample's time ids; None for SD1.x."""
+        if not self.family.time_ids:
+            return None
+        dtype = self.parts.unet.dtype
+        return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
 
     # ---- saving --------------------------------------------------------------------------------
     def export(self):
-        from .export import save_official
+        """SD1.x: mapping.pt and .safetensors in the official layout; other families: mapping.safetensors in
+        the F2D family format (export.save_family_mapping), the training settings in its metadata."""
+        from .export import save_family_mapping, save_official
         out = self.cfg.out
-        save_official(self.mapping, "mapping", out, metadata={"step": self.step})
+
+        def write(folder, stem=None, metadata=None):
+            if self.family.name == "sd1":
+                return save_official(self.mapping, "mapping", folder, stem, metadata=metadata)
+            return save_family_mapping(self.mapping, self.family, folder, stem, trigger=TRIGGER,
+                                       msid_sha256=self.msid_sha256, training=self.training_settings())
+        write(out, metadata={"step": self.step})
         if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
             snaps = os.path.join(out, "checkpoints")
             os.makedirs(snaps, exist_ok=True)
-            save_official(self.mapping, "mapping", snaps, f"mapping_step{self.step:07d}")
+            write(snaps, f"mapping_step{self.step:07d}")
+
+    def training_settings(self) -> dict:
+        """What the exported file says about how it was trained."""
+        cfg = self.cfg
+        return {"base": cfg.base, "base_checkpoint": os.path.basename(os.path.normpath(cfg.sd)) if cfg.sd else "",
+                "msid": os.path.basename(cfg.msid) if cfg.msid else "", "step": self.step, "steps": cfg.steps,
+                "resolution": cfg.resolution, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "max_grad_norm": cfg.max_grad_norm,
+                "loss": cfg.loss, "loss_weights": "CGDR Eq. 7: face mask M on the noise, 1 - M on the class prediction"
+                if cfg.loss == "cgdr" else "", "expression_dropout": cfg.expression_dropout,
+                "expression_model": self.c.expression is not None, "face_parsing": self.c.parser is not None,
+                "prompt": cfg.prompt, "class_prompt": cfg.class_prompt, "crop": cfg.crop, "flip": cfg.flip,
+                "precision": self.precision, "seed": cfg.seed, "world_size": self.ranks.world}
 
     # ---- samples ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -302,13 +368,13 @@ class MappingTrainer(BaseTrainer):
         self.mapping.eval()
         try:
             s1, s2 = self.mapping(feats)  # null_exp: the inference setting
-            uncond = PromptEncoder(self.parts.text_encoder, "", self.parts.tokenizer).plain()
+            uncond, uncond_pooled = self.prompt_encoder("").encode()
             rows = [[it["sd"].permute(1, 2, 0).numpy()] for it in items]
             for p in cfg.sample_prompts:
                 with self.autocast():
-                    cond = PromptEncoder(self.parts.text_encoder, p, self.parts.tokenizer).with_identity(s1, s2)
+                    cond, pooled = self.prompt_encoder(p).identity(s1, s2)
                 imgs = generate(self.parts, cond, uncond, cfg.resolution, cfg.sample_steps, cfg.sample_cfg,
-                                seed=cfg.seed, autocast=self.autocast())
+                                seed=cfg.seed, autocast=self.autocast(), pooled=pooled, uncond_pooled=uncond_pooled)
                 for r, im in zip(rows, imgs):
                     r.append(im)
         finally:

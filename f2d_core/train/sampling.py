@@ -11,8 +11,9 @@ import torch
 
 @torch.no_grad()
 def generate(parts, cond: torch.Tensor, uncond: torch.Tensor, size: int, steps: int = 30, cfg: float = 7.0,
-             seed: int = 0, autocast=None) -> np.ndarray:
-    """cond (B, 77, 768), uncond (1, 77, 768) -> (B, size, size, 3) uint8 images."""
+             seed: int = 0, autocast=None, pooled=None, uncond_pooled=None) -> np.ndarray:
+    """cond (B, 77, W), uncond (1, 77, W) -> (B, size, size, 3) uint8 images. SDXL: with the pooled
+    outputs (B, P), (1, P) and the time ids of an uncropped size² image (ComfyUI's defaults)."""
     from .deps import require
     d = require("diffusers", "Sampling")
     import contextlib
@@ -26,10 +27,16 @@ def generate(parts, cond: torch.Tensor, uncond: torch.Tensor, size: int, steps: 
     lat = torch.randn((b, unet.config.in_channels, size // factor, size // factor), generator=g)
     lat = lat.to(device) * sched.init_noise_sigma
     context = torch.cat([uncond.expand(b, -1, -1), cond]).to(device, dtype)
+    added = None
+    if pooled is not None:
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=dtype).expand(2 * b, -1)
+        added = {"text_embeds": torch.cat([uncond_pooled.expand(b, -1), pooled]).to(device, dtype),
+                 "time_ids": time_ids}
     with autocast or contextlib.nullcontext():
         for t in sched.timesteps:
             x = sched.scale_model_input(torch.cat([lat, lat]), t)
-            eps_u, eps_c = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float().chunk(2)
+            eps_u, eps_c = unet(x.to(dtype), t, encoder_hidden_states=context,
+                                  added_cond_kwargs=added).sample.float().chunk(2)
             # a CPU generator: diffusers draws the ancestral noise on the CPU, the same on every device
             lat = sched.step(eps_u + cfg * (eps_c - eps_u), t, lat, generator=g).prev_sample
         img = vae.decode((lat / vae.config.scaling_factor).to(dtype)).sample.float()
