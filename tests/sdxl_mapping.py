@@ -1,7 +1,7 @@
-"""An F2D-SDXL mapping file in the agreed format, written here with safetensors directly (not with
-the trainer's exporter): MappingNetwork(token_dim=2048)'s keys in the official order, fp32, and the
-metadata f2d_kind, f2d_family, f2d_widths, f2d_trigger, f2d_msid_sha256, f2d_training.
-Random weights (seeded): a stand-in until a trained F2D-SDXL mapping exists."""
+"""F2D-SDXL mapping files for the tests: seeded random weights (a stand-in until a trained F2D-SDXL
+mapping exists) written by the trainer's own exporter (`train.export.save_family_mapping`), so the
+nodes' reader is tested on what `python -m f2d_core.train mapping --base sdxl` writes. Files with
+other metadata or weights (to test refusals) are written with safetensors directly."""
 from __future__ import annotations
 
 import json
@@ -31,6 +31,15 @@ def sdxl_mapping_state_dict(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
 
 
 def write_sdxl_mapping(path, seed: int = 0, metadata: dict | None = None, state_dict: dict | None = None):
+    from pathlib import Path
+    if metadata is None and state_dict is None:
+        from f2d_core.models.families import SDXL
+        from f2d_core.train.export import save_family_mapping
+        net = MappingNetwork(token_dim=SDXL.token_width)
+        net.load_state_dict(sdxl_mapping_state_dict(seed))
+        path = Path(path)
+        return save_family_mapping(net, SDXL, str(path.parent), path.name.removesuffix(".safetensors"),
+                                   training=json.loads(METADATA["f2d_training"]))
     sd = state_dict if state_dict is not None else sdxl_mapping_state_dict(seed)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={**METADATA, **(metadata or {})})
     return path

@@ -270,7 +270,7 @@ def test_resume_continues_exactly(faces, tmp_path):
                        FaceDataset(faces[0], build_index(faces[0], landmarks_file=faces[1]), 64, True)
                        ).run(resume=True)
     trainer(faces, tmp_path / "b", tt.TinyExpression(), **kw).run(resume=True)
-    a, b = load_file(tmp_path / "a" / "mapping.safetensors"), load_file(tmp_path / "b" / "mapping.safetensors")
+    a, b = load_file(tmp_path / "a" / "mapping_sdxl.safetensors"), load_file(tmp_path / "b" / "mapping_sdxl.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -279,7 +279,7 @@ def test_the_exported_file_is_the_f2d_sdxl_format(faces, tmp_path):
     msid = tt.random_msid(tmp_path / "msid.pt")
     tr = trainer(faces, tmp_path / "run", steps=1, msid=msid, sd="/models/sd_xl_base_1.0.safetensors")
     tr.run()
-    path = tmp_path / "run" / "mapping.safetensors"
+    path = tmp_path / "run" / "mapping_sdxl.safetensors"
     with safe_open(str(path), "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
         tensors = {k: f.get_tensor(k) for k in keys}
@@ -301,7 +301,7 @@ def test_the_exported_file_is_the_f2d_sdxl_format(faces, tmp_path):
     again = trainer(faces, tmp_path / "again", steps=1, init_mapping=str(path))
     assert torch.equal(again.mapping.i2t_last.fc_out.weight, tensors["i2t_last.fc_out.weight"])
     save_file({k: v[:768] if "fc_out" in k else v for k, v in tensors.items()}, str(tmp_path / "sd1.safetensors"))
-    with pytest.raises(CheckpointError, match=r"a mapping for 'sd1' with 768 values per word, not an SDXL mapping"):
+    with pytest.raises(CheckpointError, match=r"this mapping is for SD1\.x checkpoints, not SDXL\. Give a mapping trained with --base sdxl"):
         trainer(faces, tmp_path / "again2", steps=1, init_mapping=str(tmp_path / "sd1.safetensors"))
 
 
@@ -341,11 +341,11 @@ def test_two_ranks_train_the_weights_of_one_process_and_only_rank_0_writes(faces
     assert np.asarray(Image.open(one / "samples" / "step0000002.png")).shape == (2 * 64, 3 * 64, 3)
     codes = ranks.wait(RUN_TIMEOUT_S)
     assert codes == [0, 0], (codes, ranks.text(0), ranks.text(1))
-    assert _same(one / "mapping.safetensors", two / "mapping.safetensors"), \
-        _differences(one / "mapping.safetensors", two / "mapping.safetensors")
-    assert not _same(one / "checkpoints" / "mapping_step0000001.safetensors", two / "mapping.safetensors")
+    assert _same(one / "mapping_sdxl.safetensors", two / "mapping_sdxl.safetensors"), \
+        _differences(one / "mapping_sdxl.safetensors", two / "mapping_sdxl.safetensors")
+    assert not _same(one / "checkpoints" / "mapping_step0000001.safetensors", two / "mapping_sdxl.safetensors")
     assert ranks.writes(1) == [] and ranks.text(1, "out") == ""
-    assert {"os.rename mapping.safetensors", "os.rename last.pt"} <= set(ranks.writes(0))
-    assert "mapping.safetensors (an F2D-SDXL mapping" in ranks.text(0, "out")
-    assert json.loads(safe_open(str(two / "mapping.safetensors"), "pt").metadata()["f2d_training"])["world_size"] == 2
+    assert {"os.rename mapping_sdxl.safetensors", "os.rename last.pt"} <= set(ranks.writes(0))
+    assert "mapping_sdxl.safetensors (an F2D-SDXL mapping" in ranks.text(0, "out")
+    assert json.loads(safe_open(str(two / "mapping_sdxl.safetensors"), "pt").metadata()["f2d_training"])["world_size"] == 2
     assert not os.path.exists(two / "mapping.pt")

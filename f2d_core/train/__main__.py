@@ -52,7 +52,7 @@ def _parser():
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     m = sub.add_parser("mapping", help="train the mapping network (paper §3.3-3.4), writes mapping.pt (SD1.x) or "
-                                       "mapping.safetensors (SDXL)")
+                                       "mapping_sdxl.safetensors (SDXL)")
     m.add_argument("--data", required=True, help="folder of face photos (subfolders are searched too)")
     m.add_argument("--base", default="sd1", choices=("sd1", "sdxl"),
                    help="the base model family: sd1 (SD 1.4/1.5, default) or sdxl (SDXL base 1.0 and its fine-tunes)")
@@ -145,7 +145,7 @@ def cmd_mapping(a) -> int:
         if a.base == "sd1":
             print(f"wrote {out}/mapping.pt and mapping.safetensors (load them like the official mapping.pt)")
         else:
-            print(f"wrote {out}/mapping.safetensors (an F2D-{a.base.upper()} mapping: load it with Load Face2Diffusion "
+            print(f"wrote {out}/mapping_{a.base}.safetensors (an F2D-{a.base.upper()} mapping: put it in models/face2diffusion and load it with Load Face2Diffusion "
                   "Encoder like the SD1 ones)")
     return 0
 

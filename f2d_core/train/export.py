@@ -63,29 +63,3 @@ def save_family_mapping(module: torch.nn.Module, family, out_dir: str, stem: str
     save_file(dict(sd), st + ".tmp", metadata=family_metadata(family, trigger, msid_sha256, training))
     os.replace(st + ".tmp", st)
     return st
-
-
-def read_family_mapping(path: str, family) -> "OrderedDict[str, torch.Tensor]":
-    """The tensors of an F2D mapping .safetensors for `family` (e.g. --init-mapping of an SDXL run),
-    refused with a message when the file says or shows another family."""
-    from safetensors import safe_open
-
-    from ..errors import CheckpointError
-    if not str(path).lower().endswith(".safetensors"):
-        raise CheckpointError(f"{path}: an {family.label} mapping is a .safetensors file (the F2D-{family.label} "
-                              "format the trainer writes); give one written by `python -m f2d_core.train mapping "
-                              f"--base {family.name}`.")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            sd = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same to the user
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e}).") from None
-    said = meta.get("f2d_family", "sd1")
-    fc = sd.get("i2t_first.fc_out.weight")
-    rows = None if fc is None else int(fc.shape[0])
-    if said != family.name or rows != family.token_width:
-        raise CheckpointError(f"{path}: a mapping for {said!r} with {rows} values per word, not an {family.label} "
-                              f"mapping ({family.token_width}: {family.name}). Give a mapping trained with --base "
-                              f"{family.name}, or leave out --init-mapping.")
-    return sd

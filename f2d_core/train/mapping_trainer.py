@@ -255,12 +255,15 @@ class MappingTrainer(BaseTrainer):
             # PyTorch's default init, null_exp = 0 as the official module; one output per word for all encoders
             mapping = MappingNetwork(token_dim=self.family.token_width)
         path = self.cfg.init_mapping
-        if path and self.family.name == "sd1":
-            from ..weights.checkpoint import load_checkpoint
-            mapping.load_state_dict(load_checkpoint(path, "mapping"), strict=True)
-        elif path:
-            from .export import read_family_mapping
-            mapping.load_state_dict(read_family_mapping(path, self.family), strict=True)
+        if path:
+            from ..errors import CheckpointError
+            from ..weights.checkpoint import load_mapping
+            found = load_mapping(path)  # the nodes' reader: the family from the shapes, checked against metadata
+            if found.family.name != self.family.name:
+                raise CheckpointError(
+                    f"{path}: this mapping is for {found.family.label} checkpoints, not {self.family.label}. Give a "
+                    f"mapping trained with --base {self.family.name}, or leave out --init-mapping.")
+            mapping.load_state_dict(found.state_dict, strict=True)
         return mapping
 
     # ---- data -------------------------------------------------------------------------------
@@ -324,7 +327,7 @@ class MappingTrainer(BaseTrainer):
 
     # ---- saving --------------------------------------------------------------------------------
     def export(self):
-        """SD1.x: mapping.pt and .safetensors in the official layout; other families: mapping.safetensors in
+        """SD1.x: mapping.pt and .safetensors in the official layout; other families: mapping_<family>.safetensors in
         the F2D family format (export.save_family_mapping), the training settings in its metadata."""
         from .export import save_family_mapping, save_official
         out = self.cfg.out
@@ -332,7 +335,9 @@ class MappingTrainer(BaseTrainer):
         def write(folder, stem=None, metadata=None):
             if self.family.name == "sd1":
                 return save_official(self.mapping, "mapping", folder, stem, metadata=metadata)
-            return save_family_mapping(self.mapping, self.family, folder, stem, trigger=TRIGGER,
+            # mapping_sdxl.safetensors: the name the README and the SDXL workflow give, beside the SD1 mapping.pt
+            return save_family_mapping(self.mapping, self.family, folder, stem or f"mapping_{self.family.name}",
+                                       trigger=TRIGGER,
                                        msid_sha256=self.msid_sha256, training=self.training_settings())
         write(out, metadata={"step": self.step})
         if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
