@@ -33,8 +33,10 @@ class LoadF2DEncoder(io.ComfyNode):
                                tooltip="The MSID identity encoder: msid.pt (or msid.safetensors) in "
                                        "models/face2diffusion."),
                 io.Combo.Input("mapping", options=files, default=paths.default_file(files, "mapping"),
-                               tooltip="The mapping network: mapping.pt (or mapping.safetensors) in "
-                                       "models/face2diffusion."),
+                               tooltip="The mapping network in models/face2diffusion: the official mapping.pt (or "
+                                       "mapping.safetensors) for SD1.x checkpoints, or an F2D-SDXL "
+                                       "mapping_sdxl.safetensors (trained with `python -m f2d_core.train mapping "
+                                       "--base sdxl`) for SDXL-family checkpoints."),
                 io.Combo.Input("detector", options=detector_choices(packs, paths.NO_DETECTOR), default=AUTO,
                                tooltip="How faces are found and aligned: an insightface model pack (buffalo_l or "
                                        "antelopev2 in models/insightface/models), 'dlib' (installed with "
