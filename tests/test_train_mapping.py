@@ -54,17 +54,7 @@ def test_the_expression_reaches_the_mapping_unless_dropped(faces, tmp_path):
 def test_one_batch_is_overfit(faces, tmp_path):
     """A fixed batch, noise and timestep (same step seed every time): the loss must fall steadily."""
     tr = trainer(faces, tmp_path, lr=1e-3, n=1, batch_size=1)
-    batch = next(tr.batches(0))
-    losses = []
-    for _ in range(9):
-        loss = tr.loss(batch, step=7)
-        loss.backward()
-        tr.optimizer.step()
-        tr.optimizer.zero_grad()
-        losses.append(loss.item())
-    windows = [np.mean(losses[i:i + 3]) for i in range(0, 9, 3)]
-    assert all(a > b for a, b in zip(windows, windows[1:])), losses
-    assert losses[-1] < 0.8 * losses[0], losses
+    tt.assert_falls_steadily(tt.overfit_losses(tr))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(faces, tmp_path):

@@ -433,3 +433,26 @@ def _rank_main():
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip the interpreter's teardown of the loaded models (seconds, nothing to check)
+
+
+def overfit_losses(trainer, steps: int = 9) -> list:
+    """The losses of `steps` optimizer steps on the trainer's first batch with a fixed step seed (the
+    same noise and timestep each time), the mapping network learning alone."""
+    batch = next(trainer.batches(0))
+    losses = []
+    for _ in range(steps):
+        loss = trainer.loss(batch, step=7)
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def assert_falls_steadily(losses: list, window: int = 3) -> None:
+    """Each window's mean below the previous one, and the last loss under 80% of the first."""
+    import numpy as np
+    means = [np.mean(losses[i:i + window]) for i in range(0, len(losses), window)]
+    assert all(a > b for a, b in zip(means, means[1:])), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+

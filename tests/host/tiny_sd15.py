@@ -75,16 +75,20 @@ def clip_checkpoint_keys(clip_sd: dict) -> dict:
 
 def build(path: Path, clip_sd: dict, seed: int = 0) -> Path:
     """Write the checkpoint to `path` (atomically) and return it."""
-    from safetensors.torch import save_file
 
     sd = {k: _random(k, shape, seed) for k, (shape, _) in layout().items()}
     sd.update(clip_checkpoint_keys(clip_sd))
+    return write_checkpoint(path, sd, "random SD1.5-shaped test checkpoint, not a model", BUILDER_VERSION)
+
+
+def write_checkpoint(path, sd: dict, what: str, builder_version: str) -> Path:
+    """Write a test checkpoint atomically (a per-process temp name: parallel runs share the cache)."""
+    from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp),
-              metadata={"f2d_tests": "random SD1.5-shaped test checkpoint, not a model",
-                        "builder_version": BUILDER_VERSION})
+              metadata={"f2d_tests": what, "builder_version": builder_version})
     os.replace(tmp, path)
     return path
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from .tiny_sd15 import VAE_DDCONFIG, VAE_PREFIX, _random
+from .tiny_sd15 import VAE_DDCONFIG, VAE_PREFIX, _random, write_checkpoint
 
 BUILDER_VERSION = "1"  # bump when the recipe below changes
 UNET_PREFIX = "model.diffusion_model."
@@ -84,7 +83,6 @@ def text_encoder_weights(seed: int = 0) -> dict:
 
 def build(path: Path, seed: int = 0) -> Path:
     """Write the checkpoint to `path` (atomically) and return it."""
-    from safetensors.torch import save_file
 
     config, _ = _comfy_classes()
     sd = {k: _random(k, shape, seed) for k, (shape, _) in layout().items()}
@@ -93,14 +91,7 @@ def build(path: Path, seed: int = 0) -> Path:
     del text
     sd.update(config.process_clip_state_dict_for_saving(hf))
     del hf
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp),
-              metadata={"f2d_tests": "random SDXL-shaped test checkpoint, not a model",
-                        "builder_version": BUILDER_VERSION})
-    os.replace(tmp, path)
-    return path
+    return write_checkpoint(path, sd, "random SDXL-shaped test checkpoint, not a model", BUILDER_VERSION)
 
 
 def cache_key(seed: int = 0) -> str:
