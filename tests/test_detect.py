@@ -402,6 +402,24 @@ def test_an_empty_pack_error_lists_what_is_expected(tmp_path):
     assert "det_10g.onnx" in msg and "scrfd_10g_bnkps.onnx" in msg and "Unpack" in msg
 
 
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_detector_link_is_named_not_reported_as_an_unpacked_pack(tmp_path, models, kind):
+    d = _pack(tmp_path, "buffalo_l", {"w600k_r50.onnx": "rec"}, models)
+    if kind == "dangling":
+        (d / "det_10g.onnx").symlink_to(tmp_path / "moved" / "det_10g.onnx")
+    else:
+        (d / "det_10g.onnx").symlink_to(d / "other.onnx")
+        (d / "other.onnx").symlink_to(d / "det_10g.onnx")
+    with pytest.raises(ModelFilesMissing) as err:
+        find_detector_files(d)
+    msg = str(err.value)
+    assert "broken symbolic link" in msg and "det_10g.onnx -> " in msg and "point each link at the real file" in msg
+    assert "Unpack the whole" not in msg
+    assert list_insightface_packs(tmp_path) == []
+    from f2d_core.faces.recognize import find_recognizer_file
+    assert find_recognizer_file(d).endswith("w600k_r50.onnx")  # the readable files still count
+
+
 def test_a_pack_with_only_a_recognition_model_lists_what_is_there(tmp_path, models):
     d = _pack(tmp_path, "recognition_only", {"w600k_r50.onnx": "rec"}, models)
     with pytest.raises(ModelFilesMissing) as err:

@@ -368,11 +368,13 @@ def _prelu(node, x, slope):
 
 
 def _gemm(node, a, b, c=None):
+    alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
+    if node.attrs.get("transB", 0) and not node.attrs.get("transA", 0) and alpha == beta == 1.0:
+        return F.linear(a, b, c)  # the usual fully connected layer, in one call
     if node.attrs.get("transA", 0):
         a = a.transpose(0, 1)
     if node.attrs.get("transB", 0):
         b = b.transpose(0, 1)
-    alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     y = a @ b
     if alpha != 1.0:
         y = y * alpha
