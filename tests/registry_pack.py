@@ -68,3 +68,25 @@ def flagged_lines(archive: Path) -> list[str]:
                     if pattern.search(line):
                         hits.append(f"{name}:{no}: {line.strip()} ({rule})")
     return hits
+
+
+# every onnxruntime build ships the same `onnxruntime` module (onnxruntime, -gpu, -directml, -rocm,
+# -migraphx, -openvino, -silicon, -qnn, -webgpu, -windowsml, ...): a pack must list none (issue 22)
+ONNXRUNTIME_NAME = re.compile(r"^onnxruntime([-_.].*)?$")
+
+
+def requirement_names(text: str) -> list[str]:
+    """Canonical distribution names of a requirements file's lines (comments and options skipped)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    names = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.append(canonicalize_name(Requirement(line).name))
+    return names
+
+
+def pyproject_dependencies(text: str) -> list[str]:
+    import tomllib
+    return requirement_names("\n".join(tomllib.loads(text)["project"].get("dependencies", [])))
