@@ -121,20 +121,25 @@ def make_pack(folder, fixed_face: bool = True, recognizer_name: str = "w600k_r50
     return folder
 
 
-def iresnet_recognizer(seed: int = 0, width: int = 8, dim: int = 512) -> onnx.ModelProto:
+def iresnet_recognizer(seed: int = 0, width: int = 8, dim: int = 512, planes=None,
+                       blocks=(1, 1, 1, 1)) -> onnx.ModelProto:
     """w600k_r50 / glintr100's layout and op set (insightface's iresnet, a PyTorch export with the
     batch norms after convolutions folded in, nodes Conv_0 ... Gemm_N): input "input.1"
     [N, 3, 112, 112], Conv + PRelu, blocks BatchNormalization -> Conv -> PRelu -> Conv (stride 2)
     with a Conv shortcut and Add, then BatchNormalization -> Flatten -> Gemm -> BatchNormalization
-    (the 1-d feature norm), output "683" [N, dim]. Random weights."""
+    (the 1-d feature norm), output "683" [N, dim]. Random weights. planes / blocks per stage:
+    tiny by default; (64, 128, 256, 512) / (3, 4, 14, 3) is iresnet50, w600k_r50's size."""
     net, w = om._Net(seed), width
     x = net.prelu(net.conv("input.1", 3, w, 3, 1, name="Conv_0"), w)
     cin = w
-    for cout in (w, 2 * w, 2 * w, 4 * w):  # 56, 28, 14, 7
-        y = net.conv(net.bn(x, cin), cin, cout, 3, 1)
-        y = net.conv(net.prelu(y, cout), cout, cout, 3, 2, gain=1.0)
-        x = net.op("Add", [y, net.conv(x, cin, cout, 1, 2, pads=[0, 0, 0, 0], gain=1.0)])
-        cin = cout
+    for cout, n in zip(planes or (w, 2 * w, 2 * w, 4 * w), blocks):  # 56, 28, 14, 7
+        for k in range(n):
+            stride = 2 if k == 0 else 1
+            y = net.conv(net.bn(x, cin), cin, cout, 3, 1)
+            y = net.conv(net.prelu(y, cout), cout, cout, 3, stride, gain=1.0 if k == 0 else 0.5)
+            short = net.conv(x, cin, cout, 1, 2, pads=[0, 0, 0, 0], gain=1.0) if k == 0 else x
+            x = net.op("Add", [y, short])
+            cin = cout
     x = net.op("Flatten", [net.bn(x, cin)], axis=1)
     fc = net.rng.normal(0, np.sqrt(1 / (cin * 49)), (dim, cin * 49))
     x = net.op("Gemm", [x, net.const(fc, "fc"), net.const(np.zeros(dim), "fc_b")], "Gemm_128", transB=1)

@@ -249,21 +249,48 @@ def _upsample_to(net, x, ref, resize):
     raise ValueError(resize)
 
 
-def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes") -> onnx.ModelProto:
+def _res_stage(net, x, cin, cout, blocks, stride, avg_down):
+    """ResNet basic blocks; the first changes stride and width through a shortcut
+    (AveragePool + 1x1 Conv with avg_down, as SCRFD's ResNet-D, else a strided 1x1 Conv)."""
+    for i in range(blocks):
+        s = stride if i == 0 else 1
+        main = net.conv(net.op("Relu", [net.conv(x, cin, cout, 3, s)]), cout, cout, 3, 1, gain=1.0)
+        if i == 0 and (s != 1 or cin != cout):
+            short = x
+            if avg_down and s != 1:
+                short = net.op("AveragePool", [x], kernel_shape=[s, s], strides=[s, s], ceil_mode=1,
+                               count_include_pad=0)
+                s = 1
+            short = net.conv(short, cin, cout, 1, s, pads=[0, 0, 0, 0], gain=1.0)
+        else:
+            short = x
+        x = net.op("Relu", [net.op("Add", [main, short])])
+        cin = cout
+    return x
+
+
+def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes", planes=None, blocks=(0, 1, 1, 1),
+              neck: int | None = None, head: int | None = None, stacked: int = 1) -> onnx.ModelProto:
     """det_10g's layout (input "input.1" [1, 3, ?, ?], its 9 output names and shapes) with the op set
-    above; random weights, score biases set so that some places of a photo score over 0.5."""
+    above; random weights, score biases set so that some places of a photo score over 0.5.
+    planes / blocks: the backbone's four stages (strides 4, 8, 16, 32; stage 1 keeps stride 4 and
+    is skipped with 0 blocks), neck / head / stacked: the PAFPN and head widths and head depth
+    (defaults: tiny; benchmarks/onnx_side_by_side.py sizes it like SCRFD-10GF)."""
     net, w = _Net(seed), width
+    planes = planes or (w, 2 * w, 4 * w, 4 * w)
     x = net.op("Relu", [net.conv("input.1", 3, w, 3, 2, name="Conv_0")])
     x = net.op("Relu", [net.conv(x, w, w, 3, 1)])
     x = net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # stride 4
-    feats, cin = [], w
-    for cout in (2 * w, 4 * w, 4 * w):  # strides 8, 16, 32
-        main = net.conv(net.op("Relu", [net.conv(x, cin, cout, 3, 2)]), cout, cout, 3, 1, gain=1.0)
-        short = net.op("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, count_include_pad=0)
-        short = net.conv(short, cin, cout, 1, 1, pads=[0, 0, 0, 0], gain=1.0)
-        x = net.op("Relu", [net.op("Add", [main, short])])
+    cin = w
+    if blocks[0]:
+        x = _res_stage(net, x, cin, planes[0], blocks[0], 1, True)
+        cin = planes[0]
+    feats = []
+    for cout, n in zip(planes[1:], blocks[1:]):  # strides 8, 16, 32
+        x = _res_stage(net, x, cin, cout, n, 2, True)
         feats.append((x, cout))
         cin = cout
+    w = neck or w
     lat = [net.conv(f, c, w, 1, 1, pads=[0, 0, 0, 0]) for f, c in feats]
     p32 = lat[2]
     p16 = net.op("Add", [lat[1], _upsample_to(net, p32, lat[1], resize)])
@@ -271,16 +298,22 @@ def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes") -> onnx.Mode
     n16 = net.op("Add", [p16, net.conv(p8, w, w, 3, 2)])
     n32 = net.op("Add", [p32, net.conv(n16, w, w, 3, 2)])
     # one head, its weights shared by the three strides as SCRFD's are
-    head = {k: (net.rng.normal(0, g * np.sqrt(2 / (9 * w)), (o, w, 3, 3)), b) for k, o, b, g in
-            (("stack", w, 0.0, 1.0), ("cls", 2, -4.5, 0.4), ("reg", 8, 1.5, 0.05), ("kps", 20, 0.5, 0.05))}
-    bn = [net.rng.uniform(0.5, 1.5, w), net.rng.normal(0, 0.1, w), net.rng.normal(0, 0.1, w), net.rng.uniform(0.5, 1.5, w)]
+    hw = head or w
+    shapes = {"stack": (hw, w)} | {f"stack{i}": (hw, hw) for i in range(1, stacked)}
+    head = {k: (net.rng.normal(0, np.sqrt(2 / (9 * cin)), (o, cin, 3, 3)), 0.0) for k, (o, cin) in shapes.items()}
+    head |= {k: (net.rng.normal(0, g * np.sqrt(2 / (9 * hw)), (o, hw, 3, 3)), b) for k, o, b, g in
+             (("cls", 2, -4.5, 0.4), ("reg", 8, 1.5, 0.05), ("kps", 20, 0.5, 0.05))}
+    bn = [[net.rng.uniform(0.5, 1.5, hw), net.rng.normal(0, 0.1, hw), net.rng.normal(0, 0.1, hw),
+           net.rng.uniform(0.5, 1.5, hw)] for _ in range(stacked)]
     outs = {"score": [], "box": [], "kps": []}
     for level, stride in zip((p8, n16, n32), (8, 16, 32)):
         def conv(x, key):
             wt, b = head[key]
             return net.op("Conv", [x, net.const(wt, key), net.const(np.full(wt.shape[0], b), key + "_b")],
                           kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-        y = net.op("Relu", [net.bn(conv(level, "stack"), w, mean=bn[2], var=bn[3], scale=bn[0], shift=bn[1])])
+        y = level
+        for i, key in enumerate(["stack"] + [f"stack{i}" for i in range(1, stacked)]):
+            y = net.op("Relu", [net.bn(conv(y, key), hw, mean=bn[i][2], var=bn[i][3], scale=bn[i][0], shift=bn[i][1])])
         for kind, key, width_ in (("score", "cls", 1), ("box", "reg", 4), ("kps", "kps", 10)):
             h = conv(y, key)
             if kind == "box":
@@ -300,7 +333,7 @@ def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes") -> onnx.Mode
     return _finish(graph)
 
 
-def landmark_net(seed: int = 0, width: int = 8) -> onnx.ModelProto:
+def landmark_net(seed: int = 0, width: int = 8, planes=None, blocks=(1, 1, 1)) -> onnx.ModelProto:
     """1k3d68's layout (input "data" [N, 3, 192, 192], output "fc1" [N, 3309], first node bn_data)
     with the op set above; fc1's bias is the face-like layout of landmark68_model, so the 68 points
     land on a face shape near the box and move with the picture."""
@@ -310,12 +343,15 @@ def landmark_net(seed: int = 0, width: int = 8) -> onnx.ModelProto:
     x = net.op("Relu", [net.bn(net.conv(x, 3, w, 3, 2, bias=False, name="conv0"), w, "bn0")], "relu0")
     x = net.op("MaxPool", [x], "pool0", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 48
     cin = w
-    for i, cout in enumerate((w, 2 * w, 2 * w)):  # 24, 12, 6
-        y = net.prelu(net.bn(x, cin), cin)
-        y = net.conv(y, cin, cout, 3, 2, bias=False, name=f"conv{i + 1}")
-        y = net.conv(net.op("Relu", [net.bn(y, cout)]), cout, cout, 3, 1, bias=False, gain=1.0)
-        x = net.op("Add", [y, net.conv(x, cin, cout, 1, 2, bias=False, pads=[0, 0, 0, 0], gain=1.0)])
-        cin = cout
+    for i, (cout, n) in enumerate(zip(planes or (w, 2 * w, 2 * w), blocks)):  # 24, 12, 6
+        for k in range(n):  # pre-activation blocks, the first one strided with a Conv shortcut
+            stride = 2 if k == 0 else 1
+            y = net.prelu(net.bn(x, cin), cin)
+            y = net.conv(y, cin, cout, 3, stride, bias=False, name=f"conv{i + 1}" if k == 0 else None)
+            y = net.conv(net.op("Relu", [net.bn(y, cout)]), cout, cout, 3, 1, bias=False, gain=1.0)
+            short = net.conv(x, cin, cout, 1, 2, bias=False, pads=[0, 0, 0, 0], gain=1.0) if k == 0 else x
+            x = net.op("Add", [y, short])
+            cin = cout
     x = net.op("Flatten", [net.op("Relu", [net.bn(x, cin)])], axis=1)
     bias = np.asarray(landmark68_model().graph.initializer[1].float_data or
                       numpy_helper.to_array(landmark68_model().graph.initializer[1]), np.float32)
