@@ -270,7 +270,8 @@ def _res_stage(net, x, cin, cout, blocks, stride, avg_down):
 
 
 def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes", planes=None, blocks=(0, 1, 1, 1),
-              neck: int | None = None, head: int | None = None, stacked: int = 1) -> onnx.ModelProto:
+              neck: int | None = None, head: int | None = None, stacked: int = 1,
+              score_gain: float = 0.4) -> onnx.ModelProto:
     """det_10g's layout (input "input.1" [1, 3, ?, ?], its 9 output names and shapes) with the op set
     above; random weights, score biases set so that some places of a photo score over 0.5.
     planes / blocks: the backbone's four stages (strides 4, 8, 16, 32; stage 1 keeps stride 4 and
@@ -302,7 +303,7 @@ def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes", planes=None,
     shapes = {"stack": (hw, w)} | {f"stack{i}": (hw, hw) for i in range(1, stacked)}
     head = {k: (net.rng.normal(0, np.sqrt(2 / (9 * cin)), (o, cin, 3, 3)), 0.0) for k, (o, cin) in shapes.items()}
     head |= {k: (net.rng.normal(0, g * np.sqrt(2 / (9 * hw)), (o, hw, 3, 3)), b) for k, o, b, g in
-             (("cls", 2, -4.5, 0.4), ("reg", 8, 1.5, 0.05), ("kps", 20, 0.5, 0.05))}
+             (("cls", 2, -4.5, score_gain), ("reg", 8, 1.5, 0.05), ("kps", 20, 0.5, 0.05))}
     bn = [[net.rng.uniform(0.5, 1.5, hw), net.rng.normal(0, 0.1, hw), net.rng.normal(0, 0.1, hw),
            net.rng.uniform(0.5, 1.5, hw)] for _ in range(stacked)]
     outs = {"score": [], "box": [], "kps": []}

@@ -38,7 +38,7 @@ class OrtGraph:
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs, self.outputs = self.session.get_inputs(), self.session.get_outputs()
 
-    def run(self, *arrays):
+    def run(self, *arrays, channels_last=False):  # the layout is onnxruntime's own choice
         return self.session.run(None, {i.name: a for i, a in zip(self.inputs, arrays)})
 
 

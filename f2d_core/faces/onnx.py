@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+import sys
 from struct import error as struct_error
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError, F2DError
@@ -95,22 +97,33 @@ def file_key(path) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _graph(real: str, size: int, mtime_ns: int, device: str) -> OnnxGraph:
     name = os.path.basename(real)
-    buf = _mapped(real)
     try:
-        model = parse_model(buf)
+        with open(real, "rb") as f:
+            buf = _mapped(real)  # the structure is read from the map; each weight straight from the file
+
+            def read_raw(_, start, end, dtype):
+                array = np.empty((end - start) // dtype.itemsize, dtype)
+                f.seek(start)
+                if f.readinto(memoryview(array).cast("B")) != end - start:
+                    raise ValueError("truncated tensor data")
+                return array if sys.byteorder == "little" else array.byteswap()
+
+            try:
+                model = parse_model(buf, read_raw)
+            finally:
+                if isinstance(buf, mmap.mmap):
+                    buf.close()
         graph = OnnxGraph(model)
     except UnsupportedOp as exc:
         raise CheckpointError(
-            f"{name} ({real}) uses {exc}, which the pack's ONNX reader does not run: it is not one of "
-            f"insightface's face models (SCRFD det_10g / scrfd_10g_bnkps, 1k3d68, w600k_r50, glintr100). "
-            f"Use the files of buffalo_l or antelopev2 as they come.") from exc
+            f"{name} ({real}) uses {exc.what}, which the pack's ONNX reader does not run"
+            f"{' (' + exc.why + ')' if exc.why else ''}: it is not one of insightface's face models (SCRFD "
+            f"det_10g / scrfd_10g_bnkps, 1k3d68, w600k_r50, glintr100). Use the .onnx files of buffalo_l "
+            f"or antelopev2 as they come.") from exc
     except (ValueError, struct_error, UnicodeError) as exc:
         raise CheckpointError(
             f"{name} could not be read as an ONNX model ({real}): {exc}. The file is probably truncated "
             f"or not an ONNX model; {FIX}.") from exc
-    finally:
-        if isinstance(buf, mmap.mmap):
-            buf.close()
     graph.eval().requires_grad_(False)
     return graph.to(torch.device(device))
 

@@ -64,6 +64,10 @@ class ArcFaceRecognizer:
         # insightface's ArcFaceONNX rule (no bn_data case, unlike the landmark model)
         self.input_mean, self.input_std = (0.0, 1.0) if normalises_itself(path) else (127.5, 127.5)
 
+    def networks(self) -> list:
+        """The torch module it runs (for a host's memory manager to move it)."""
+        return [self.net]
+
     def align(self, image_rgb: np.ndarray, landmarks5) -> np.ndarray:
         """insightface face_align.norm_crop: uint8 RGB (size, size, 3) crop of the face."""
         matrix = similarity_matrix(np.asarray(landmarks5, np.float32), _template(self.input_size))

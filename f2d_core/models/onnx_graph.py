@@ -90,7 +90,12 @@ _DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: 
            10: np.float16, 11: np.float64}
 
 
-def _tensor(buf, start, end) -> tuple[str, np.ndarray]:
+def _copy_raw(buf, start, end, dtype) -> np.ndarray:
+    """raw_data bytes -> a new native-order array (ONNX stores little-endian)."""
+    return np.frombuffer(buf[start:end], np.dtype(dtype).newbyteorder("<")).astype(dtype)
+
+
+def _tensor(buf, start, end, read_raw=_copy_raw) -> tuple[str, np.ndarray]:
     """TensorProto: dims = 1, data_type = 2, float_data = 4, int32_data = 5, int64_data = 7,
     name = 8, raw_data = 9, double_data = 10, data_location = 14 (1: external file)."""
     dims, dtype, name, raw, listed = [], 1, "", None, []
@@ -102,7 +107,7 @@ def _tensor(buf, start, end) -> tuple[str, np.ndarray]:
         elif num == 8:
             name = _text(buf, value)
         elif num == 9:
-            raw = buf[value[0]:value[1]]
+            raw = value
         elif num == 4:
             listed += _floats(buf, wire, value)
         elif num in (5, 7):
@@ -116,7 +121,9 @@ def _tensor(buf, start, end) -> tuple[str, np.ndarray]:
         raise ValueError(f"tensor {name or '?'} has ONNX data type {dtype}, which these face models never use")
     np_dtype = np.dtype(_DTYPES[dtype])
     if raw is not None:
-        array = np.frombuffer(raw, np_dtype.newbyteorder("<")).astype(np_dtype)  # a copy, in native order
+        if (raw[1] - raw[0]) % np_dtype.itemsize:
+            raise ValueError(f"tensor {name or '?'} has {raw[1] - raw[0]} bytes of data, not whole {np_dtype} values")
+        array = read_raw(buf, raw[0], raw[1], np_dtype)
     elif dtype == 10:  # float16 listed as int32 bit patterns
         array = np.asarray(listed, np.uint16).view(np.float16)
     else:
@@ -239,9 +246,11 @@ def graph_span(buf) -> tuple[int, int] | None:
     return span
 
 
-def parse_model(buf) -> OnnxModel:
+def parse_model(buf, read_raw=_copy_raw) -> OnnxModel:
     """Read a ModelProto (ir_version = 1, producer_name = 2, graph = 7, opset_import = 8) from a
-    bytes-like buffer (bytes, mmap). ValueError when it is not a complete ONNX model."""
+    bytes-like buffer (bytes, mmap). read_raw(buf, start, end, dtype) -> array gives each weight's
+    data (a file reader can read it straight into its array). ValueError when it is not a complete
+    ONNX model."""
     opset, producer, graph = 0, "", None
     for num, wire, v in fields(buf):
         if num == 7 and wire == 2:
@@ -264,7 +273,7 @@ def parse_model(buf) -> OnnxModel:
         if num == 1:
             nodes.append(_node(buf, *v))
         elif num == 5:
-            name, array = _tensor(buf, *v)
+            name, array = _tensor(buf, *v, read_raw=read_raw)
             inits[name] = array
         elif num == 11:
             inputs.append(_value_info(buf, *v))
@@ -280,9 +289,12 @@ def parse_model(buf) -> OnnxModel:
 
 
 class UnsupportedOp(ValueError):
+    """An op (or an op's setting) this interpreter does not run: .what names the op and node."""
+
     def __init__(self, node: Node, why: str = ""):
-        self.op, self.node_name = node.op, node.name
-        super().__init__(f"op {node.op!r} (node {node.name!r})" + (f": {why}" if why else " is not supported"))
+        self.op, self.node_name, self.why = node.op, node.name, why
+        self.what = f"op {node.op!r} (node {node.name!r})"
+        super().__init__(self.what + (f": {why}" if why else " is not supported"))
 
 
 def _ints_of(t) -> list:
@@ -362,9 +374,9 @@ def _batch_norm(node, x, scale, bias, mean, var, *_):
 
 
 def _prelu(node, x, slope):
-    if slope.numel() > 1 and x.dim() > 2 and slope.shape[0] == x.shape[1]:
-        slope = slope.reshape(-1, *([1] * (x.dim() - 2)))  # (C,) or (C, 1, 1) per channel
-    return torch.where(x >= 0, x, x * slope)
+    if x.dim() >= 2 and (slope.numel() == 1 or (slope.numel() == x.shape[1] and slope.shape[0] == x.shape[1])):
+        return F.prelu(x, slope.reshape(-1))  # one slope, or one per channel ((C,), (C, 1, 1)): one kernel
+    return torch.where(x >= 0, x, x * slope)  # any other broadcast
 
 
 def _gemm(node, a, b, c=None):
@@ -714,7 +726,8 @@ class OnnxGraph(nn.Module):
         unknown = sorted(n.op for n in model.nodes if n.op not in OPS or n.domain not in ("", "ai.onnx"))
         if unknown:
             bad = next(n for n in model.nodes if n.op in unknown)
-            raise UnsupportedOp(bad, f"not among the ops these face models use ({', '.join(sorted(set(unknown)))})")
+            others = sorted(set(unknown) - {bad.op})
+            raise UnsupportedOp(bad, f"also {', '.join(others)}" if others else "")
         nodes = _fold_batch_norms(model) if fold_batch_norms else list(model.nodes)
         self.opset = model.opset
         self.inputs, self.outputs = model.inputs, model.outputs
@@ -795,8 +808,11 @@ class OnnxGraph(nn.Module):
         return next(iter(self.buffers())).dtype if self._buffer_of else torch.float32
 
     @torch.inference_mode()
-    def run(self, *arrays) -> list:
-        """numpy in (float32 NCHW), numpy float32 out; runs where the module is, in its dtype."""
+    def run(self, *arrays, channels_last: bool = False) -> list:
+        """numpy in (float32 NCHW), numpy float32 out; runs where the module is, in its dtype.
+        channels_last: hand the convolutions NHWC input (faster for large pictures, see detect.py)."""
         device, dtype = self.device, self.dtype
         xs = [torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype) for a in arrays]
+        if channels_last:
+            xs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
         return [o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for o in self(*xs)]
