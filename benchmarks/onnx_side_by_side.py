@@ -48,11 +48,14 @@ from f2d_core.models.msid import MSIDEncoder  # noqa: E402
 
 
 class OrtGraph:
-    """onnxruntime as faces/onnx.make_session ran it before issue 22."""
+    """onnxruntime as faces/onnx.make_session ran it before issue 22 (its thread count aside)."""
+
+    threads = 0  # 0: onnxruntime's default (a thread per core), as the pack ran it; main() sets --threads
 
     def __init__(self, path, device="cpu"):
         opts = onnxruntime.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = self.threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if str(device) != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -106,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    OrtGraph.threads = args.threads  # the same number of threads for both
     device = torch.device(args.device)
     result = {"threads": args.threads, "repeats": args.repeats, "device": str(device), "torch": torch.__version__,
               "onnxruntime": onnxruntime.__version__, "load_before": os.getloadavg()[0], "figures": {}}

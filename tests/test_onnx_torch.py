@@ -188,3 +188,68 @@ def test_detection_alignment_encoding_injection_and_similarity_run_with_onnxrunt
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "faces 2" in done.stdout and "sims [1.0," in done.stdout and "injected 77" in done.stdout
+
+
+# --- single ops, in the forms the exports use -------------------------------------------------
+
+def _one_op(op, inputs, attrs=None, consts=None, opset=13, n_out=1):
+    """A graph of one node: inputs {name: array} fed at run time, consts {name: array} stored."""
+    from onnx import TensorProto, helper, numpy_helper
+    feeds = dict(inputs)
+    names = list(inputs) + list(consts or {})
+    order = attrs.pop("_order", names) if attrs else names  # "" marks an optional input left out
+    node = helper.make_node(op, order, [f"y{i}" for i in range(n_out)], name=f"{op}_0", **(attrs or {}))
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape))
+                                              for k, v in feeds.items()],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(n_out)],
+                              [numpy_helper.from_array(v, k) for k, v in (consts or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString(), feeds
+
+
+X = np.random.default_rng(0).normal(0, 1, (2, 3, 8, 10)).astype(np.float32)
+I64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+OPS = {
+    "Slice negative step": ("Slice", {"x": X}, None, {"s": I64(-2, 7), "e": I64(-100, 1), "a": I64(2, 3), "st": I64(-1, -2)}, 13),
+    "Slice past the end": ("Slice", {"x": X}, None, {"s": I64(1, -3), "e": I64(99, -1), "a": I64(1, 3)}, 13),
+    "Slice opset 9 attributes": ("Slice", {"x": X}, {"starts": [0, 2], "ends": [1, 5], "axes": [0, 3]}, None, 9),
+    "Flatten negative axis": ("Flatten", {"x": X}, {"axis": -1}, None, 13),
+    "Resize nearest 2x sizes": ("Resize", {"x": X}, {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                                "nearest_mode": "floor", "_order": ["x", "", "", "sz"]}, {"sz": I64(2, 3, 16, 20)}, 13),
+    "Resize nearest round_prefer_floor half_pixel 3x": ("Resize", {"x": X}, {"mode": "nearest", "_order": ["x", "", "sc"]},
+                                                       {"sc": np.array([1, 1, 3, 3], np.float32)}, 13),
+    "Resize bilinear half_pixel": ("Resize", {"x": X}, {"mode": "linear", "_order": ["x", "", "sc"]},
+                                   {"sc": np.array([1, 1, 1.5, 2], np.float32)}, 13),
+    "Upsample opset 9": ("Upsample", {"x": X}, {"mode": "nearest"}, {"sc": np.array([1, 1, 2, 2], np.float32)}, 9),
+    "Pad reflect": ("Pad", {"x": X}, {"mode": "reflect"}, {"p": I64(0, 0, 1, 2, 0, 0, 2, 1)}, 13),
+    "Pad constant opset 2": ("Pad", {"x": X}, {"pads": [0, 0, 1, 0, 0, 0, 0, 3], "value": 0.5}, None, 2),
+    "MaxPool asymmetric pads ceil": ("MaxPool", {"x": X}, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 1, 0],
+                                                          "ceil_mode": 1}, None, 13),
+    "AveragePool SAME_UPPER": ("AveragePool", {"x": X}, {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER",
+                                                         "count_include_pad": 1}, None, 13),
+    "Conv asymmetric pads, groups": ("Conv", {"x": X}, {"pads": [1, 0, 0, 2], "group": 3, "strides": [1, 2]},
+                                     {"w": np.random.default_rng(1).normal(0, 1, (6, 1, 3, 3)).astype(np.float32)}, 13),
+    "Softmax opset 11 flattens": ("Softmax", {"x": X}, {"axis": 2}, None, 11),
+    "Softmax opset 13": ("Softmax", {"x": X}, {"axis": 1}, None, 13),
+    "Split in three": ("Split", {"x": X}, {"axis": 3}, {"sp": I64(2, 3, 5)}, 13),
+    "LeakyRelu": ("LeakyRelu", {"x": X}, {"alpha": 0.2}, None, 13),
+    "PRelu shared slope": ("PRelu", {"x": X}, None, {"s": np.array([0.25], np.float32)}, 13),
+    "Gemm transA alpha beta": ("Gemm", {"a": X[0, 0]}, {"transA": 1, "alpha": 0.5, "beta": 2.0},
+                               {"b": X[1, 0, :, :8].T.copy(), "c": np.ones((1, 8), np.float32)}, 13),
+    "ReduceMean opset 18 axes input": ("ReduceMean", {"x": X}, {"keepdims": 0}, {"ax": I64(1, -1)}, 18),
+    "Clip opset 6": ("Clip", {"x": X}, {"min": -0.5, "max": 0.7}, None, 6),
+}
+
+
+@pytest.mark.parametrize("case", list(OPS))
+def test_each_op_form_gives_what_onnxruntime_gives(case):
+    op, inputs, attrs, consts, opset = OPS[case]
+    n_out = 3 if op == "Split" else 1
+    data, feeds = _one_op(op, inputs, dict(attrs) if attrs else None, consts, opset, n_out)
+    ours = OnnxGraph(parse_model(data)).run(*feeds.values())
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    theirs = session.run(None, feeds)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

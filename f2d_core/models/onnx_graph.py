@@ -381,7 +381,8 @@ def _prelu(node, x, slope):
 
 def _gemm(node, a, b, c=None):
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
-    if node.attrs.get("transB", 0) and not node.attrs.get("transA", 0) and alpha == beta == 1.0:
+    if (node.attrs.get("transB", 0) and not node.attrs.get("transA", 0) and alpha == beta == 1.0
+            and (c is None or c.dim() == 1)):
         return F.linear(a, b, c)  # the usual fully connected layer, in one call
     if node.attrs.get("transA", 0):
         a = a.transpose(0, 1)
@@ -427,31 +428,24 @@ def _squeeze(node, opset, x, axes=None):
 
 def _slice(node, opset, x, starts=None, ends=None, axes=None, steps=None):
     if opset < 10:
-        starts, ends, axes = node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes")
-        steps = None
+        starts, ends, axes, steps = node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes"), None
     else:
         starts, ends = _ints_of(starts), _ints_of(ends)
         axes = _ints_of(axes) if axes is not None else None
         steps = _ints_of(steps) if steps is not None else None
     axes = axes if axes is not None else list(range(len(starts)))
     steps = steps if steps is not None else [1] * len(starts)
-    index = [slice(None)] * x.dim()
     for s, e, a, st in zip(starts, ends, axes, steps):
-        if st < 0:
-            n = x.shape[a]
-            idx = torch.arange(n, device=x.device)[slice(*_clamp_neg(s, e, st, n))]
-            x = x.index_select(a, idx)
+        a, n = a % x.dim(), x.shape[a]
+        if st > 0:  # Python's slice clamps as ONNX does (negative ends count from the end)
+            x = x[(slice(None),) * a + (slice(s, e, st),)]
             continue
-        n = x.shape[a]
-        index[a] = slice(max(min(s, n), -n) if s < 0 else min(s, n), min(e, n) if e >= 0 else max(e, -n), st)
-    return x[tuple(index)]
-
-
-def _clamp_neg(s, e, st, n):
-    s = s + n if s < 0 else s
-    e = e + n if e < 0 else e
-    s, e = min(max(s, -1), n - 1), max(min(e, n - 1), -1)
-    return s, (None if e < 0 else e), st
+        # negative steps (torch slices have none): ONNX clamps starts to [0, n-1], ends to [-1, n-1]
+        s = min(max(s + n if s < 0 else s, 0), n - 1)
+        e = min(max(e + n if e < 0 else e, -1), n - 1)
+        idx = list(range(n))[s:(None if e < 0 else e):st]
+        x = x.index_select(a, torch.tensor(idx, dtype=torch.long, device=x.device))
+    return x
 
 
 def _gather(node, x, idx):
@@ -488,11 +482,10 @@ def _resize(node, opset, x, *rest):
         nearest = node.attrs.get("nearest_mode", "round_prefer_floor")
         if coord == "asymmetric" and nearest == "floor":
             return F.interpolate(x, size=out, mode="nearest")  # torch's nearest is ONNX's asymmetric floor
-        if coord in ("asymmetric", "half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_floor", "round_prefer_ceil"):
-            if all(o == 2 * n for o, n in zip(out, x.shape[2:])) or all(o * 2 == n for o, n in zip(out, x.shape[2:])):
-                return F.interpolate(x, size=out, mode="nearest")  # integer factor: every rule picks the same pixels
-        if coord in ("half_pixel", "pytorch_half_pixel") and nearest == "floor":
-            return F.interpolate(x, size=out, mode="nearest-exact")
+        upsampling = all(o % n == 0 for o, n in zip(out, x.shape[2:]))
+        if (upsampling and coord in ("asymmetric", "half_pixel", "pytorch_half_pixel")
+                and nearest in ("round_prefer_floor", "round_prefer_ceil")):
+            return F.interpolate(x, size=out, mode="nearest")  # whole-number factors: these rules agree
         raise UnsupportedOp(node, f"nearest resize with {coord} / {nearest}")
     if mode == "linear":
         linear = ("linear", "bilinear", "trilinear")[x.dim() - 3]
@@ -551,7 +544,8 @@ def _softmax(node, opset, x):
 
 
 def _flatten(node, x):
-    axis = node.attrs.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
+    axis = node.attrs.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
