@@ -235,6 +235,8 @@ OPS = {
     "Split in three": ("Split", {"x": X}, {"axis": 3}, {"sp": I64(2, 3, 5)}, 13),
     "LeakyRelu": ("LeakyRelu", {"x": X}, {"alpha": 0.2}, None, 13),
     "PRelu shared slope": ("PRelu", {"x": X}, None, {"s": np.array([0.25], np.float32)}, 13),
+    "PRelu slope per channel": ("PRelu", {"x": X}, None, {"s": np.array([0.1, 0.2, 0.3], np.float32).reshape(3, 1, 1)}, 13),
+    "PRelu slope over the last axis": ("PRelu", {"x": X[:, :, :, :3].copy()}, None, {"s": np.array([0.1, 0.2, 0.3], np.float32)}, 13),
     "Gemm transA alpha beta": ("Gemm", {"a": X[0, 0]}, {"transA": 1, "alpha": 0.5, "beta": 2.0},
                                {"b": X[1, 0, :, :8].T.copy(), "c": np.ones((1, 8), np.float32)}, 13),
     "ReduceMean opset 18 axes input": ("ReduceMean", {"x": X}, {"keepdims": 0}, {"ax": I64(1, -1)}, 18),

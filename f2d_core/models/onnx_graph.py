@@ -374,9 +374,11 @@ def _batch_norm(node, x, scale, bias, mean, var, *_):
 
 
 def _prelu(node, x, slope):
-    if x.dim() >= 2 and (slope.numel() == 1 or (slope.numel() == x.shape[1] and slope.shape[0] == x.shape[1])):
-        return F.prelu(x, slope.reshape(-1))  # one slope, or one per channel ((C,), (C, 1, 1)): one kernel
-    return torch.where(x >= 0, x, x * slope)  # any other broadcast
+    per_channel = (x.dim() >= 2 and slope.dim() == x.dim() - 1 and slope.shape[0] == x.shape[1]
+                   and all(d == 1 for d in slope.shape[1:]))  # (C, 1, 1): what the exports store
+    if slope.numel() == 1 or per_channel:
+        return F.prelu(x, slope.reshape(-1))  # one kernel
+    return torch.where(x >= 0, x, x * slope)  # ONNX broadcasting otherwise ((C,) meets the last axis)
 
 
 def _gemm(node, a, b, c=None):
