@@ -183,7 +183,10 @@ def paint_face(image, stride, cx, cy, red=255, blue=0, scale=1.0):
 
 # --- networks with the real files' architecture and op set ---------------------------------------
 # The models above check our decoding with outputs known by hand. These check the torch
-# interpreter (models/onnx_graph.py) on what the real files contain, with random weights:
+# interpreter (models/onnx_graph.py) on what the real files contain, with random weights. The
+# op sets follow the architectures (insightface's SCRFD configs and iresnet code) and public
+# listings of the files' node names; the files themselves cannot be fetched here, and an op this
+# list misses is reported by name with the file (tests/test_onnx_torch.py):
 # - det_10g / scrfd_10g_bnkps (SCRFD-10GF, a PyTorch export, nodes Conv_N ...): a ResNet-D stem
 #   (Conv, Relu, MaxPool), blocks whose shortcut is AveragePool (ceil_mode, no padded cells) + Conv,
 #   Add; a PAFPN whose nearest upsampling to the lateral's size is Shape -> Slice -> Concat -> Cast
