@@ -1,9 +1,10 @@
 """ONNX graphs run by torch: a protobuf wire-format reader and an interpreter for the op set of
 insightface's face models (SCRFD det_10g / scrfd_10g_bnkps, 1k3d68, ArcFace w600k_r50 / glintr100).
 
-Hand-written because the well-kept converter (onnx2torch) needs the `onnx` parser, which pulls
-`protobuf`, a package other ComfyUI packs pin to other major versions; these graphs need only ~40
-plain ops, and this file reads the five protobuf messages they use straight from the bytes.
+Hand-written because the well-kept converter, onnx2torch (1.5.15: numpy, onnx, torch, torchvision),
+would install `onnx`, which pulls `protobuf`, a package other ComfyUI packs pin to other major
+versions, and torchvision, which pip may pair with another torch than ComfyUI's; these graphs need
+about 50 plain ops, and this file reads the five protobuf messages they use straight from the bytes.
 
 `parse_model(buffer)` -> `OnnxModel` (nodes, initializers as numpy arrays, inputs, outputs);
 `OnnxGraph(model)` is an nn.Module: float initializers are buffers, so `.to(device)`, `.half()`
