@@ -2,8 +2,8 @@
 
 Layers, each importing only the ones above it in this list:
     errors, choices     user-facing errors and option values
-    faces/              photos, detection, alignment, recognition (numpy + onnxruntime)
-    models/             the networks (MSID, mapping, Deep3DFaceRecon)
+    models/             the networks (MSID, mapping, Deep3DFaceRecon) and ONNX graphs run by torch
+    faces/              photos, detection, alignment, recognition (numpy; insightface's networks on torch)
     weights/            reading, checking and finding weight files
     text/               trigger search, S1*/S2* injection, prompt variants, CONDITIONING
     identity/           photos -> identity: encoder, pipeline, expression, identity file

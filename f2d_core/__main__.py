@@ -36,8 +36,7 @@ def cmd_encode(args) -> int:
     images = [read_image(p) for p in args.image]  # as LoadImage sees them
     device = _device(args.device)
     encoder = load_encoder(models["msid"], models["mapping"], device=device)
-    # onnxruntime picks its own provider: "auto" must not demand CUDA from the CPU build
-    detector = load_detector(models["pack"], device="auto" if args.device == "auto" else device)
+    detector = load_detector(models["pack"], device=device)  # torch runs the face models too
     policy = face_policy("index", int(args.face)) if args.face.isdigit() else \
         face_policy({"confident": "most confident"}.get(args.face, args.face))
     identity = encode_images(encoder, images, detector, policy=policy, on_no_face=args.on_no_face,

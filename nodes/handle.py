@@ -1,4 +1,4 @@
-"""F2D_ENCODER: the engine's encoder under ComfyUI's memory management, plus the face detector."""
+"""F2D_ENCODER: the engine's encoder and its face detector's networks under ComfyUI's memory management."""
 from __future__ import annotations
 
 import os
@@ -36,6 +36,7 @@ class EncoderHandle:
                                                         load_device=load_device, offload_device=offload_device)
         self.detector = detector
         self.detector_name = detector_name
+        self.detector_patcher = networks_patcher(detector, load_device, offload_device)
         self.expression_model: ExpressionRegressor | None = None  # optional
         self._expression_patcher = None
 
@@ -44,20 +45,25 @@ class EncoderHandle:
         other = object.__new__(EncoderHandle)
         model, patcher = expression if expression is not None else (None, None)
         other.__dict__.update(self.__dict__, detector=detector, detector_name=detector_name,
+                              detector_patcher=networks_patcher(detector, self.load_device, self.offload_device),
                               expression_model=model, _expression_patcher=patcher)
         return other
+
+    def _with_detector(self, patchers: list) -> list:
+        return patchers + ([self.detector_patcher] if self.detector_patcher is not None else [])
 
     def reference_expression(self, images, **kw) -> torch.Tensor:
         """(N, 64) Deep3DFaceRecon expression coefficients (on the CPU) of the faces in `images`,
         picked as Encode Face picks them (kw: ExpressionRegressor.crops's)."""
-        mm.load_models_gpu([self._expression_patcher], force_full_load=True)
+        mm.load_models_gpu(self._with_detector([self._expression_patcher]), force_full_load=True)
         return self.expression_model.expression(images, self.detector, **kw)
 
     @contextmanager
     def loaded(self):
         """The engine's F2DEncoder, on ComfyUI's compute device for the duration of the block."""
-        # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind
-        mm.load_models_gpu([self.patcher], force_full_load=True)
+        # always whole: a partial (lowvram) load would leave cls_token/pos_embed/null_exp behind;
+        # the detector's networks come along, since every encode starts with a detection
+        mm.load_models_gpu(self._with_detector([self.patcher]), force_full_load=True)
         yield self.encoder
 
     def describe(self) -> str:
@@ -71,6 +77,24 @@ class EncoderHandle:
 
 _cache: dict = {}
 _expression_cache: dict = {}
+_networks_cache: dict = {}
+
+
+def networks_patcher(owner, load_device, offload_device):
+    """A ModelPatcher over the torch modules of a face detector or identity scorer (insightface's
+    ONNX files run by torch: det_10g, 1k3d68, w600k_r50), so ComfyUI moves them to its compute
+    device for a run and evicts them when it needs the memory; None when there are none (dlib).
+    One patcher per set of modules, kept (ComfyUI tracks patchers weakly)."""
+    nets = owner.networks() if owner is not None and hasattr(owner, "networks") else []
+    if not nets:
+        return None
+    key = (tuple(id(n) for n in nets), str(load_device), str(offload_device))
+    if key not in _networks_cache:
+        if len(_networks_cache) >= 4:
+            _networks_cache.pop(next(iter(_networks_cache)))
+        _networks_cache[key] = comfy.model_patcher.ModelPatcher(
+            _Patchable(nn.ModuleList(nets), offload_device), load_device=load_device, offload_device=offload_device)
+    return _networks_cache[key]
 
 
 def _file_key(path):

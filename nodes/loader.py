@@ -87,7 +87,7 @@ class LoadF2DEncoder(io.ComfyNode):
             det = load_detector(DLIB)
         elif detector != paths.NO_DETECTOR:
             det = load_detector(paths.detector_pack_path(detector), use_landmarks68=bool(landmarks_68),
-                                device="cpu" if device == "cpu" else "auto")
+                                device=handle.offload_device)  # the handle moves it (ComfyUI's memory management)
         expr = None
         if expression_model and expression_model != NO_EXPRESSION_MODEL:
             expr = load_expression(paths.weight_path(expression_model, "expression_model"), handle.load_device,

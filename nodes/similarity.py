@@ -5,8 +5,11 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.v0_0_2 import io, ui
 
+import torch
+
 from ..f2d_core.faces.similarity import load_identity_scorer
 from . import paths
+from .handle import networks_patcher
 
 DEVICES = ("auto", "cpu")
 
@@ -33,8 +36,8 @@ class F2DFaceSimilarity(io.ComfyNode):
                                        "detector and a recognition model: buffalo_l (w600k_r50.onnx) or "
                                        "antelopev2 (glintr100.onnx). Its detector finds the faces."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",
-                               tooltip="auto: the GPU when onnxruntime-gpu is installed, else the CPU. "
-                                       "cpu: always the CPU."),
+                               tooltip="auto: ComfyUI's device (the GPU when there is one), under its memory "
+                                       "management. cpu: always the CPU."),
             ],
             outputs=[
                 io.Float.Output(display_name="similarity", is_output_list=True,
@@ -56,7 +59,10 @@ class F2DFaceSimilarity(io.ComfyNode):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         # the pack's own finders say what is missing in it; no need to rescan every pack here
-        scorer = load_identity_scorer(paths.recognizer_pack_path(recognizer), device="cpu" if device == "cpu" else "auto")
+        load_device = mm.get_torch_device() if device == "auto" else torch.device("cpu")
+        offload_device = mm.unet_offload_device() if device == "auto" else torch.device("cpu")
+        scorer = load_identity_scorer(paths.recognizer_pack_path(recognizer), device=offload_device)
+        mm.load_models_gpu([networks_patcher(scorer, load_device, offload_device)], force_full_load=True)
         identity = scorer.reference(reference)
         pbar = comfy.utils.ProgressBar(int(images.shape[0]))
         result = scorer.score(identity, images, progress=lambda i, n: pbar.update_absolute(i, n),

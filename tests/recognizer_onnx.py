@@ -119,3 +119,35 @@ def make_pack(folder, fixed_face: bool = True, recognizer_name: str = "w600k_r50
     save(fixed_face_detector() if fixed_face else om.scrfd_model(), folder / "det_10g.onnx")
     save(colour_recognizer(**recognizer_kw), folder / recognizer_name)
     return folder
+
+
+def iresnet_recognizer(seed: int = 0, width: int = 8, dim: int = 512, planes=None,
+                       blocks=(1, 1, 1, 1)) -> onnx.ModelProto:
+    """w600k_r50 / glintr100's layout and op set (insightface's iresnet, a PyTorch export with the
+    batch norms after convolutions folded in, nodes Conv_0 ... Gemm_N): input "input.1"
+    [N, 3, 112, 112], Conv + PRelu, blocks BatchNormalization -> Conv -> PRelu -> Conv (stride 2)
+    with a Conv shortcut and Add, then BatchNormalization -> Flatten -> Gemm -> BatchNormalization
+    (the 1-d feature norm), output "683" [N, dim]. Random weights. planes / blocks per stage:
+    tiny by default; (64, 128, 256, 512) / (3, 4, 14, 3) is iresnet50, w600k_r50's size."""
+    net, w = om._Net(seed), width
+    x = net.prelu(net.conv("input.1", 3, w, 3, 1, name="Conv_0"), w)
+    cin = w
+    for cout, n in zip(planes or (w, 2 * w, 2 * w, 4 * w), blocks):  # 56, 28, 14, 7
+        for k in range(n):
+            stride = 2 if k == 0 else 1
+            y = net.conv(net.bn(x, cin), cin, cout, 3, 1)
+            y = net.conv(net.prelu(y, cout), cout, cout, 3, stride, gain=1.0 if k == 0 else 0.5)
+            short = net.conv(x, cin, cout, 1, 2, pads=[0, 0, 0, 0], gain=1.0) if k == 0 else x
+            x = net.op("Add", [y, short])
+            cin = cout
+    x = net.op("Flatten", [net.bn(x, cin)], axis=1)
+    fc = net.rng.normal(0, np.sqrt(1 / (cin * 49)), (dim, cin * 49))
+    x = net.op("Gemm", [x, net.const(fc, "fc"), net.const(np.zeros(dim), "fc_b")], "Gemm_128", transB=1)
+    r = net.rng
+    params = [r.uniform(0.5, 1.5, dim), r.normal(0, 0.1, dim), r.normal(0, 0.1, dim), r.uniform(0.5, 1.5, dim)]
+    net.nodes.append(helper.make_node("BatchNormalization", [x] + [net.const(p, "features") for p in params],
+                                      ["683"], name="BatchNormalization_129", epsilon=1e-5))
+    graph = helper.make_graph(net.nodes, "iresnet_layout",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
+                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", dim])], net.inits)
+    return _finish(graph)

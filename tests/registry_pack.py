@@ -90,3 +90,25 @@ def bandit_findings(archive: Path, workdir: Path) -> list[str]:
         raise RuntimeError(f"bandit could not scan: {report['errors']}")
     return [f"{Path(r['filename']).relative_to(unpacked)}:{r['line_number']}: {r['test_id']} {r['issue_text']} "
             f"({r['issue_severity']})" for r in report["results"]]
+
+
+# every onnxruntime build ships the same `onnxruntime` module (onnxruntime, -gpu, -directml, -rocm,
+# -migraphx, -openvino, -silicon, -qnn, -webgpu, -windowsml, ...): a pack must list none (issue 22)
+ONNXRUNTIME_NAME = re.compile(r"^onnxruntime([-_.].*)?$")
+
+
+def requirement_names(text: str) -> list[str]:
+    """Canonical distribution names of a requirements file's lines (comments and options skipped)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    names = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.append(canonicalize_name(Requirement(line).name))
+    return names
+
+
+def pyproject_dependencies(text: str) -> list[str]:
+    import tomllib
+    return requirement_names("\n".join(tomllib.loads(text)["project"].get("dependencies", [])))

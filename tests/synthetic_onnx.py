@@ -179,3 +179,189 @@ def paint_face(image, stride, cx, cy, red=255, blue=0, scale=1.0):
     y0, y1 = round(cy * s / scale), round((cy + 1) * s / scale)
     image[y0:y1, x0:x1] = (red, STRIDE_GREEN[s], blue)
     return image
+
+
+# --- networks with the real files' architecture and op set ---------------------------------------
+# The models above check our decoding with outputs known by hand. These check the torch
+# interpreter (models/onnx_graph.py) on what the real files contain, with random weights. The
+# op sets follow the architectures (insightface's SCRFD configs and iresnet code) and public
+# listings of the files' node names; the files themselves cannot be fetched here, and an op this
+# list misses is reported by name with the file (tests/test_onnx_torch.py):
+# - det_10g / scrfd_10g_bnkps (SCRFD-10GF, a PyTorch export, nodes Conv_N ...): a ResNet-D stem
+#   (Conv, Relu, MaxPool), blocks whose shortcut is AveragePool (ceil_mode, no padded cells) + Conv,
+#   Add; a PAFPN whose nearest upsampling to the lateral's size is Shape -> Slice -> Concat -> Cast
+#   -> Resize (sizes), or a constant-scale Resize / Upsample; heads shared over the strides with
+#   Conv + BatchNormalization + Relu, Sigmoid scores, Mul by a learned scale, Transpose + Reshape.
+# - 1k3d68 (an mxnet export, nodes bn_data, conv0, ..., fc1): BatchNormalization on the raw input
+#   (why insightface feeds it 0..255), Conv, BatchNormalization, Relu / PRelu, MaxPool, Add,
+#   Flatten, Gemm.
+# (recognizer_onnx.iresnet_recognizer is w600k_r50 / glintr100's.)
+
+class _Net:
+    """Accumulates nodes and random initializers (He-scaled, so activations keep their size)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def name(self, stem):
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, value, stem="c", dtype=np.float32):
+        n = self.name(stem)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), n))
+        return n
+
+    def op(self, op, inputs, name=None, outputs=1, **attrs):
+        name = name or self.name(op)
+        outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def conv(self, x, cin, cout, k=3, stride=1, bias=True, name=None, gain=2.0, bias_value=None, **attrs):
+        w = self.rng.normal(0, np.sqrt(gain / (cin * k * k)), (cout, cin, k, k))
+        inputs = [x, self.const(w, "w")]
+        if bias:
+            b = self.rng.normal(0, 0.1, cout) if bias_value is None else np.full(cout, bias_value)
+            inputs.append(self.const(b, "b"))
+        pads = attrs.pop("pads", [k // 2] * 4)
+        return self.op("Conv", inputs, name, kernel_shape=[k, k], strides=[stride, stride], pads=pads, **attrs)
+
+    def bn(self, x, c, name=None, mean=None, var=None, scale=None, shift=None):
+        r = self.rng
+        params = [r.uniform(0.5, 1.5, c) if scale is None else scale, r.normal(0, 0.1, c) if shift is None else shift,
+                  r.normal(0, 0.1, c) if mean is None else mean, r.uniform(0.5, 1.5, c) if var is None else var]
+        return self.op("BatchNormalization", [x] + [self.const(p, "bn") for p in params], name, epsilon=1e-5)
+
+    def prelu(self, x, c, name=None):
+        return self.op("PRelu", [x, self.const(self.rng.uniform(0.1, 0.3, (c, 1, 1)), "slope")], name)
+
+
+def _upsample_to(net, x, ref, resize):
+    """Nearest 2x upsampling of x to ref's size, as torch exports F.interpolate."""
+    if resize == "sizes":  # F.interpolate(x, size=ref.shape[2:]) in a dynamic-size export
+        nc = net.op("Slice", [net.op("Shape", [x]), net.const([0], "i", np.int64), net.const([2], "i", np.int64)])
+        hw = net.op("Slice", [net.op("Shape", [ref]), net.const([2], "i", np.int64), net.const([4], "i", np.int64)])
+        sizes = net.op("Cast", [net.op("Concat", [nc, hw], axis=0)], to=TensorProto.INT64)
+        return net.op("Resize", [x, "", "", sizes], mode="nearest", coordinate_transformation_mode="asymmetric",
+                      nearest_mode="floor")
+    if resize == "scales":  # F.interpolate(x, scale_factor=2)
+        return net.op("Resize", [x, net.const([], "roi"), net.const([1, 1, 2, 2], "scales")], mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    raise ValueError(resize)
+
+
+def _res_stage(net, x, cin, cout, blocks, stride, avg_down):
+    """ResNet basic blocks; the first changes stride and width through a shortcut
+    (AveragePool + 1x1 Conv with avg_down, as SCRFD's ResNet-D, else a strided 1x1 Conv)."""
+    for i in range(blocks):
+        s = stride if i == 0 else 1
+        main = net.conv(net.op("Relu", [net.conv(x, cin, cout, 3, s)]), cout, cout, 3, 1, gain=1.0)
+        if i == 0 and (s != 1 or cin != cout):
+            short = x
+            if avg_down and s != 1:
+                short = net.op("AveragePool", [x], kernel_shape=[s, s], strides=[s, s], ceil_mode=1,
+                               count_include_pad=0)
+                s = 1
+            short = net.conv(short, cin, cout, 1, s, pads=[0, 0, 0, 0], gain=1.0)
+        else:
+            short = x
+        x = net.op("Relu", [net.op("Add", [main, short])])
+        cin = cout
+    return x
+
+
+def scrfd_net(seed: int = 0, width: int = 8, resize: str = "sizes", planes=None, blocks=(0, 1, 1, 1),
+              neck: int | None = None, head: int | None = None, stacked: int = 1,
+              score_gain: float = 0.4) -> onnx.ModelProto:
+    """det_10g's layout (input "input.1" [1, 3, ?, ?], its 9 output names and shapes) with the op set
+    above; random weights, score biases set so that some places of a photo score over 0.5.
+    planes / blocks: the backbone's four stages (strides 4, 8, 16, 32; stage 1 keeps stride 4 and
+    is skipped with 0 blocks), neck / head / stacked: the PAFPN and head widths and head depth
+    (defaults: tiny; benchmarks/onnx_side_by_side.py sizes it like SCRFD-10GF)."""
+    net, w = _Net(seed), width
+    planes = planes or (w, 2 * w, 4 * w, 4 * w)
+    x = net.op("Relu", [net.conv("input.1", 3, w, 3, 2, name="Conv_0")])
+    x = net.op("Relu", [net.conv(x, w, w, 3, 1)])
+    x = net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # stride 4
+    cin = w
+    if blocks[0]:
+        x = _res_stage(net, x, cin, planes[0], blocks[0], 1, True)
+        cin = planes[0]
+    feats = []
+    for cout, n in zip(planes[1:], blocks[1:]):  # strides 8, 16, 32
+        x = _res_stage(net, x, cin, cout, n, 2, True)
+        feats.append((x, cout))
+        cin = cout
+    w = neck or w
+    lat = [net.conv(f, c, w, 1, 1, pads=[0, 0, 0, 0]) for f, c in feats]
+    p32 = lat[2]
+    p16 = net.op("Add", [lat[1], _upsample_to(net, p32, lat[1], resize)])
+    p8 = net.op("Add", [lat[0], _upsample_to(net, p16, lat[0], resize)])
+    n16 = net.op("Add", [p16, net.conv(p8, w, w, 3, 2)])
+    n32 = net.op("Add", [p32, net.conv(n16, w, w, 3, 2)])
+    # one head, its weights shared by the three strides as SCRFD's are
+    hw = head or w
+    shapes = {"stack": (hw, w)} | {f"stack{i}": (hw, hw) for i in range(1, stacked)}
+    head = {k: (net.rng.normal(0, np.sqrt(2 / (9 * cin)), (o, cin, 3, 3)), 0.0) for k, (o, cin) in shapes.items()}
+    head |= {k: (net.rng.normal(0, g * np.sqrt(2 / (9 * hw)), (o, hw, 3, 3)), b) for k, o, b, g in
+             (("cls", 2, -4.5, score_gain), ("reg", 8, 1.5, 0.05), ("kps", 20, 0.5, 0.05))}
+    bn = [[net.rng.uniform(0.5, 1.5, hw), net.rng.normal(0, 0.1, hw), net.rng.normal(0, 0.1, hw),
+           net.rng.uniform(0.5, 1.5, hw)] for _ in range(stacked)]
+    outs = {"score": [], "box": [], "kps": []}
+    for level, stride in zip((p8, n16, n32), (8, 16, 32)):
+        def conv(x, key):
+            wt, b = head[key]
+            return net.op("Conv", [x, net.const(wt, key), net.const(np.full(wt.shape[0], b), key + "_b")],
+                          kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        y = level
+        for i, key in enumerate(["stack"] + [f"stack{i}" for i in range(1, stacked)]):
+            y = net.op("Relu", [net.bn(conv(y, key), hw, mean=bn[i][2], var=bn[i][3], scale=bn[i][0], shift=bn[i][1])])
+        for kind, key, width_ in (("score", "cls", 1), ("box", "reg", 4), ("kps", "kps", 10)):
+            h = conv(y, key)
+            if kind == "box":
+                h = net.op("Mul", [h, net.const(np.float32(1.0 + 0.1 * stride / 8), "scale")])
+            h = net.op("Reshape", [net.op("Transpose", [h], perm=[0, 2, 3, 1]), net.const([-1, width_], "shape", np.int64)])
+            if kind == "score":
+                h = net.op("Sigmoid", [h])
+            outs[kind].append((h, width_))
+    ordered = [o for k in ("score", "box", "kps") for o in outs[k]]
+    outputs = []
+    for (src, width_), name in zip(ordered, DET10G_OUTPUT_NAMES):
+        net.nodes.append(helper.make_node("Identity", [src], [name], name=f"Identity_{name}"))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"n_{name}", width_]))
+    graph = helper.make_graph(net.nodes, "scrfd_10g_layout",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])],
+                              outputs, net.inits)
+    return _finish(graph)
+
+
+def landmark_net(seed: int = 0, width: int = 8, planes=None, blocks=(1, 1, 1)) -> onnx.ModelProto:
+    """1k3d68's layout (input "data" [N, 3, 192, 192], output "fc1" [N, 3309], first node bn_data)
+    with the op set above; fc1's bias is the face-like layout of landmark68_model, so the 68 points
+    land on a face shape near the box and move with the picture."""
+    net, w = _Net(seed), width
+    x = net.bn("data", 3, "bn_data", mean=np.full(3, 127.5), var=np.full(3, 128.0 ** 2 - 1e-5),
+               scale=np.ones(3), shift=np.zeros(3))  # (x - 127.5) / 128 inside the graph
+    x = net.op("Relu", [net.bn(net.conv(x, 3, w, 3, 2, bias=False, name="conv0"), w, "bn0")], "relu0")
+    x = net.op("MaxPool", [x], "pool0", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 48
+    cin = w
+    for i, (cout, n) in enumerate(zip(planes or (w, 2 * w, 2 * w), blocks)):  # 24, 12, 6
+        for k in range(n):  # pre-activation blocks, the first one strided with a Conv shortcut
+            stride = 2 if k == 0 else 1
+            y = net.prelu(net.bn(x, cin), cin)
+            y = net.conv(y, cin, cout, 3, stride, bias=False, name=f"conv{i + 1}" if k == 0 else None)
+            y = net.conv(net.op("Relu", [net.bn(y, cout)]), cout, cout, 3, 1, bias=False, gain=1.0)
+            short = net.conv(x, cin, cout, 1, 2, bias=False, pads=[0, 0, 0, 0], gain=1.0) if k == 0 else x
+            x = net.op("Add", [y, short])
+            cin = cout
+    x = net.op("Flatten", [net.op("Relu", [net.bn(x, cin)])], axis=1)
+    bias = np.asarray(landmark68_model().graph.initializer[1].float_data or
+                      numpy_helper.to_array(landmark68_model().graph.initializer[1]), np.float32)
+    weight = net.rng.normal(0, 0.002, (3309, cin * 36))
+    net.op("Gemm", [x, net.const(weight, "fc1_weight"), net.const(bias, "fc1_bias")], "fc1", transB=1)
+    graph = helper.make_graph(net.nodes, "landmark_1k3d68_layout",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 192, 192])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 3309])], net.inits)
+    return _finish(graph)

@@ -4,7 +4,8 @@ The synthetic models (tests/synthetic_onnx.py) turn painted squares into faces: 
 exactly over one cell of stride s, red R, green STRIDE_GREEN[s], is one face of score
 R/255 whose box and keypoints are fixed offsets from the cell's top-left corner. So every
 expected box below is computed by hand, and insightface's own classes decode the same
-models for the parity tests.
+models for the parity tests; they run them with onnxruntime, ours with torch
+(models/onnx_graph.py), so those comparisons hold the two runtimes together too.
 """
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ import os
 import cv2
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 
 import synthetic_onnx as om
-from f2d_core.faces import onnx as onnx_session
 from f2d_core.faces.detect import (Face, FaceDetector, find_detector_files, list_insightface_packs,
                              load_detector, select_face)
 from f2d_core.errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
-from f2d_core.faces.onnx import make_session, read_graph_summary
+from f2d_core.faces.onnx import load_graph, read_graph_summary
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +402,24 @@ def test_an_empty_pack_error_lists_what_is_expected(tmp_path):
     assert "det_10g.onnx" in msg and "scrfd_10g_bnkps.onnx" in msg and "Unpack" in msg
 
 
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_detector_link_is_named_not_reported_as_an_unpacked_pack(tmp_path, models, kind):
+    d = _pack(tmp_path, "buffalo_l", {"w600k_r50.onnx": "rec"}, models)
+    if kind == "dangling":
+        (d / "det_10g.onnx").symlink_to(tmp_path / "moved" / "det_10g.onnx")
+    else:
+        (d / "det_10g.onnx").symlink_to(d / "other.onnx")
+        (d / "other.onnx").symlink_to(d / "det_10g.onnx")
+    with pytest.raises(ModelFilesMissing) as err:
+        find_detector_files(d)
+    msg = str(err.value)
+    assert "broken symbolic link" in msg and "det_10g.onnx -> " in msg and "point each link at the real file" in msg
+    assert "Unpack the whole" not in msg
+    assert list_insightface_packs(tmp_path) == []
+    from f2d_core.faces.recognize import find_recognizer_file
+    assert find_recognizer_file(d).endswith("w600k_r50.onnx")  # the readable files still count
+
+
 def test_a_pack_with_only_a_recognition_model_lists_what_is_there(tmp_path, models):
     d = _pack(tmp_path, "recognition_only", {"w600k_r50.onnx": "rec"}, models)
     with pytest.raises(ModelFilesMissing) as err:
@@ -437,58 +454,48 @@ def test_load_detector_builds_each_model_once_and_reuses_it(tmp_path, models):
     d = _pack(tmp_path, "buffalo_l", {"det_10g.onnx": "scrfd", "1k3d68.onnx": "lmk"}, models)
     a = load_detector(d, device="cpu")
     assert load_detector(str(d), device="cpu") is a
-    assert a.lmk_session is not None
-    assert load_detector(d, use_landmarks68=False, device="cpu").lmk_session is None
+    assert a.lmk_net is not None
+    assert load_detector(d, use_landmarks68=False, device="cpu").lmk_net is None
     stricter = load_detector(d, device="cpu", det_thresh=0.7)
     assert stricter is not a and stricter.det_thresh == 0.7
-    assert stricter.session is a.session  # other options, same onnxruntime session
+    assert stricter.net is a.net  # other options, the same network
 
 
-# --- sessions and ONNX files ----------------------------------------------------------------
+# --- ONNX files -----------------------------------------------------------------------------
 
-def test_make_session_on_a_missing_file_names_it_and_says_where_to_put_it(tmp_path):
+def test_load_graph_on_a_missing_file_names_it_and_says_where_to_put_it(tmp_path):
     with pytest.raises(CheckpointError) as err:
-        make_session(tmp_path / "det_10g.onnx")
+        load_graph(tmp_path / "det_10g.onnx")
     msg = str(err.value)
     assert "not found" in msg and "det_10g.onnx" in msg and "models/insightface/models" in msg
 
 
-def test_make_session_on_a_garbage_file_says_it_is_not_onnx_and_to_download_again(tmp_path):
+def test_load_graph_on_a_garbage_file_says_it_is_not_onnx_and_to_download_again(tmp_path):
     bad = tmp_path / "det_10g.onnx"
     bad.write_bytes(b"<html>404 Not Found</html>")
     with pytest.raises(CheckpointError) as err:
-        make_session(bad)
+        load_graph(bad)
     msg = str(err.value)
     assert "det_10g.onnx" in msg and "not an ONNX model" in msg and "download" in msg
 
 
-def test_make_session_cpu_device_uses_only_the_cpu(models):
-    assert make_session(models["scrfd"], device="cpu").get_providers() == ["CPUExecutionProvider"]
+def test_load_graph_cpu_device_puts_every_weight_on_the_cpu(models):
+    net = load_graph(models["lmk"], device="cpu")
+    assert {b.device.type for b in net.buffers()} == {"cpu"}
 
 
-def test_make_session_rejects_unknown_devices(models):
+def test_load_graph_rejects_unknown_devices(models):
     with pytest.raises(F2DError, match="'auto', 'cpu', 'cuda'"):
-        make_session(models["scrfd"], device="gpu0")
+        load_graph(models["scrfd"], device="gpu0")
 
 
-def test_make_session_puts_cuda_first_when_onnxruntime_offers_it(monkeypatch, models):
-    seen = []
-    monkeypatch.setattr(onnxruntime, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda path, sess_options, providers: seen.append(providers))
-    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None, raising=False)
-    monkeypatch.setattr(onnx_session, "_cuda_libs_preloaded", False)
-    for device in ("auto", "cuda", "cuda:1", "cpu"):
-        make_session(models["scrfd"], device=device)
-    assert seen == [[("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"],
-                    [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"],
-                    [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"],
-                    ["CPUExecutionProvider"]]
-
-
-def test_make_session_auto_falls_back_to_cpu_without_a_cuda_provider(monkeypatch, models):
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert make_session(models["scrfd"], device="auto").get_providers() == ["CPUExecutionProvider"]
+def test_load_graph_reads_each_file_once_per_device_and_again_when_it_changes(tmp_path, models):
+    path = tmp_path / "det_10g.onnx"
+    path.write_bytes(open(models["scrfd"], "rb").read())
+    first = load_graph(path, "cpu")
+    assert load_graph(path, "cpu") is first
+    os.utime(path, ns=(1, 1))  # a replaced file has another mtime
+    assert load_graph(path, "cpu") is not first
 
 
 @pytest.mark.parametrize("kind", ["scrfd", "lmk_inside", "rec"])

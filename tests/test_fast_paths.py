@@ -82,13 +82,6 @@ def test_gradients_still_flow_through_msid():
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
 
 
-def test_onnxruntime_threads_do_not_spin_after_a_run(tmp_path):
-    from tests import synthetic_onnx as so
-    from f2d_core.faces.onnx import make_session
-    session = make_session(so.save(so.scrfd_model(), tmp_path / "det.onnx"), "cpu")
-    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
-
-
 def test_float_images_convert_exactly_as_clip_scale_round():
     rng = np.random.default_rng(0)
     img = rng.random((64, 48, 3), dtype=np.float32) * 1.4 - 0.2  # some values outside 0..1

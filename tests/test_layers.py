@@ -6,9 +6,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "f2d_core"
 # the node engine, in import order: a layer may import only the layers before it
-LAYERS = ["errors", "choices", "faces", "models", "weights", "text", "identity"]
+# models/ sits below faces/: the face networks (insightface's ONNX files) run on torch through
+# models/onnx_graph.py, so onnxruntime is never installed (issue 22); the pixel arithmetic of
+# faces/ (reading, resizing, alignment, dlib) stays numpy and never reaches torch, not even
+# through another module (PIXEL_MODULES)
+LAYERS = ["errors", "choices", "models", "faces", "weights", "text", "identity"]
 TOOLS = ["cli", "client", "evaluate", "train", "bench", "__main__"]
-TORCH_FREE = ["faces", "client", "errors", "cli"]
+TORCH_FREE = ["client", "errors", "cli"]
+PIXEL_MODULES = ["f2d_core.faces.images", "f2d_core.faces.align", "f2d_core.faces.preprocess",
+                 "f2d_core.faces.dlib_detector"]
 
 
 def module_name(path: Path) -> str:
@@ -85,6 +91,18 @@ def test_engine_layers_import_only_the_layers_before_them(module):
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) in TORCH_FREE))
 def test_torch_free_layers_never_import_torch(module):
     assert not {m for m in MODULES[module] if m == "torch" or m.startswith("torch.")}, module
+
+
+@pytest.mark.parametrize("module", PIXEL_MODULES)
+def test_the_pixel_arithmetic_of_faces_never_reaches_torch(module):
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        assert not {d for d in MODULES[m] if d == "torch" or d.startswith("torch.")}, f"{module} -> {m} imports torch"
+        todo += [d for d in internal(m) if d != "f2d_core"]
 
 
 def test_the_engine_never_imports_comfyui():

@@ -57,7 +57,8 @@ def test_embeddings_equal_insightface_arcface_onnx(files, which):
     assert (ours.input_mean, ours.input_std) == (theirs.input_mean, theirs.input_std)
     crops = [norm_crop(photo(seed), KPS) for seed in range(3)]
     expected = theirs.get_feat([c[:, :, ::-1].copy() for c in crops])  # insightface takes BGR and swaps
-    np.testing.assert_allclose(ours.features(crops), expected, rtol=0, atol=1e-6)
+    # torch against onnxruntime: float32 sums in another order, measured 1.9e-6 on values up to ~7
+    np.testing.assert_allclose(ours.features(crops), expected, rtol=0, atol=1e-5)
 
 
 def _moved(rng, kps):

@@ -4,7 +4,8 @@ import zipfile
 
 import pytest
 
-from registry_pack import REPO, bandit, bandit_findings, comfy_cli, flagged_lines, pack
+from registry_pack import (ONNXRUNTIME_NAME, REPO, bandit, bandit_findings, comfy_cli, flagged_lines, pack,
+                           pyproject_dependencies, requirement_names)
 
 pytestmark = pytest.mark.skipif(comfy_cli() is None, reason="comfy-cli is not installed (pip install comfy-cli; "
                                                              "requirements-test.txt has it)")
@@ -32,6 +33,18 @@ def test_the_archive_holds_only_the_nodes_the_engine_and_the_workflows(names):
     assert "nodes/__init__.py" in names and "f2d_core/identity/encoder.py" in names
     assert any(n.startswith("workflows/") and n.endswith(".json") for n in names)
     assert "requirements-dlib.txt" in names  # the README's install line for the dlib detector
+
+
+def test_the_archive_installs_and_imports_no_onnxruntime(archive, names):
+    """Issue 22: whatever onnxruntime build a user has stays untouched by installing the pack."""
+    with zipfile.ZipFile(archive) as z:
+        listed = [n for name in names if name.startswith("requirements") and name.endswith(".txt")
+                  for n in requirement_names(z.read(name).decode())]
+        listed += pyproject_dependencies(z.read("pyproject.toml").decode())
+        imports = [name for name in names if name.endswith(".py")
+                   and re.search(r"^\s*(import|from)\s+onnxruntime\b", z.read(name).decode(), re.M)]
+    assert "numpy" in listed  # the lists were read
+    assert not [n for n in listed if ONNXRUNTIME_NAME.match(n)] and imports == []
 
 
 def test_no_shipped_line_matches_the_registry_scanners_rules(archive):

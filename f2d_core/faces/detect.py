@@ -1,7 +1,8 @@
 """Face detection with insightface's model files, without the insightface package.
 
 We run SCRFD (det_10g.onnx, scrfd_10g_bnkps.onnx, ...) and optionally the 1k3d68
-landmark model with onnxruntime, reproducing insightface's pre- and post-processing
+landmark model with torch (faces/onnx.py reads the files as they are), reproducing
+insightface's pre- and post-processing
 (0.7.3 and 2.1 agree on it): letterbox into det_size, (x - 127.5) / 128, anchor
 decoding at strides 8/16/32, greedy NMS with the +1 pixel area convention.
 One deliberate difference: downscaling uses INTER_AREA (insightface: INTER_LINEAR),
@@ -22,7 +23,7 @@ from ..errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
 from .align import landmarks68_to_5, warp
 from .dlib_detector import load_dlib_detector
 from .images import to_rgb_uint8
-from .onnx import make_session, normalises_itself, read_graph_summary
+from .onnx import load_graph, missing_files_message, normalises_itself, onnx_files, read_graph_summary
 from .preprocess import resized_strips, to_blob
 
 KNOWN_DETECTORS = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")  # buffalo_l, antelopev2
@@ -47,33 +48,23 @@ class Face:
         return landmarks68_to_5(self.landmarks68)
 
 
-# small caches: onnxruntime sessions (GPU arenas included) live outside ComfyUI's memory manager
-@functools.lru_cache(maxsize=4)
-def _session(real_path: str, mtime_ns: int, device: str):
-    return make_session(real_path, device)  # mtime in the key: a replaced file is reloaded
-
-
-def _cached_session(path, device):
-    real = os.path.realpath(os.fspath(path))
-    mtime = os.stat(real).st_mtime_ns if os.path.isfile(real) else -1
-    return _session(real, mtime, device)
-
-
 def _fixed_hw(shape):
     h, w = shape[2:4]
     return (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
 
 
 class FaceDetector:
-    """SCRFD (+ optional 1k3d68) on onnxruntime. det_size: int or (width, height), as insightface's
-    det_size; faces scoring below det_thresh are dropped, overlaps above nms_thresh IoU merged."""
+    """SCRFD (+ optional 1k3d68) run by torch. det_size: int or (width, height), as insightface's
+    det_size; faces scoring below det_thresh are dropped, overlaps above nms_thresh IoU merged.
+    load_graph(path, device) gives each network: anything with .inputs, .outputs (name, shape)
+    and .run(*arrays) -> arrays (the tests pass onnxruntime there, as their oracle)."""
 
     def __init__(self, det_model_path, landmark68_path=None, device="auto", det_size=640,
-                 det_thresh=0.5, nms_thresh=0.4):
-        self.session = _cached_session(det_model_path, device)
+                 det_thresh=0.5, nms_thresh=0.4, load_graph=load_graph):
+        self.net = load_graph(det_model_path, device)
         name = os.path.basename(os.fspath(det_model_path))
-        inp = self.session.get_inputs()[0]
-        outs = self.session.get_outputs()
+        inp = self.net.inputs[0]
+        outs = self.net.outputs
         n = len(outs)
         if n not in (6, 9, 10, 15) or len(inp.shape) != 4:
             raise CheckpointError(
@@ -84,8 +75,6 @@ class FaceDetector:
             raise CheckpointError(
                 f"{name} is an SCRFD detector without facial keypoints ({n} outputs); alignment needs the "
                 f"5 keypoints. Use det_10g.onnx (buffalo_l) or scrfd_10g_bnkps.onnx (antelopev2).")
-        self.input_name = inp.name
-        self.output_names = [o.name for o in outs]
         self.batched = len(outs[0].shape) == 3  # some exports keep a batch axis on every output
         self.fmc = 3 if n == 9 else 5
         self.strides = (8, 16, 32) if n == 9 else (8, 16, 32, 64, 128)
@@ -103,31 +92,37 @@ class FaceDetector:
             raise F2DError(f"det_thresh must lie in (0, 1], got {det_thresh}; 0.5 is insightface's default.")
         self.det_thresh = float(det_thresh)
         self.nms_thresh = float(nms_thresh)
-        self.lmk_session = None
+        self.lmk_net = None
         if landmark68_path is not None:
-            self._init_landmarks(landmark68_path, device)
+            self._init_landmarks(landmark68_path, device, load_graph)
         # what it is, for the records an identity keeps: its model files, and their names
         self.paths = tuple(os.fspath(p) for p in (det_model_path, landmark68_path) if p is not None)
         self.name = " + ".join(os.path.basename(p) for p in self.paths)  # "det_10g.onnx + 1k3d68.onnx"
 
-    def _init_landmarks(self, path, device):
+    def networks(self) -> list:
+        """The torch modules it runs (for a host's memory manager to move them)."""
+        return [n for n in (self.net, self.lmk_net) if n is not None]
+
+    def _init_landmarks(self, path, device, load_graph):
         name = os.path.basename(os.fspath(path))
-        self.lmk_session = _cached_session(path, device)
-        inp, out = self.lmk_session.get_inputs()[0], self.lmk_session.get_outputs()[0]
+        self.lmk_net = load_graph(path, device)
+        inp, out = self.lmk_net.inputs[0], self.lmk_net.outputs[0]
         hw = _fixed_hw(inp.shape)
         if hw is None or hw[0] != hw[1] or out.shape[-1] != 3309:
             raise CheckpointError(
                 f"{name} is not insightface's 68-point landmark model: input {inp.shape}, output "
                 f"{out.shape}; expected 1k3d68.onnx (input [N, 3, 192, 192], output [N, 3309]). "
                 f"Use the 1k3d68.onnx from buffalo_l or antelopev2, or turn the 68-point landmarks off.")
-        self.lmk_input_name, self.lmk_size = inp.name, hw[0]
+        self.lmk_size = hw[0]
         self.lmk_mean, self.lmk_std = (0.0, 1.0) if normalises_itself(path, bn_data=True) else (127.5, 128.0)
 
     def detect(self, image, name="image") -> list[Face]:
         """Faces in an RGB image, in source pixels, highest score first."""
         rgb = to_rgb_uint8(image, name)
         blob, det_scale = self._letterbox(rgb)
-        outs = self.session.run(self.output_names, {self.input_name: blob})
+        # NHWC: oneDNN then skips a layout reorder per convolution; on a 640x640 input, measured
+        # 0.88 s against 1.06 s for an SCRFD-10GF-sized network (1 CPU thread; benchmarks/RESULTS.md)
+        outs = self.net.run(blob, channels_last=True)
         dets, kps = self._decode(outs, blob.shape[2], blob.shape[3])
         dets[:, :4] /= det_scale
         kps /= det_scale
@@ -135,7 +130,7 @@ class FaceDetector:
         dets, kps = dets[order], kps[order]
         keep = _nms(dets, self.nms_thresh)
         faces = [Face(dets[i, :4].copy(), float(dets[i, 4]), kps[i].copy()) for i in keep]
-        if self.lmk_session is not None:
+        if self.lmk_net is not None:
             for face in faces:
                 face.landmarks68 = self._landmarks68(rgb, face.box)
         return faces
@@ -200,7 +195,7 @@ class FaceDetector:
         m = np.array([[s, 0.0, size / 2 - float(cx * s)], [0.0, s, size / 2 - float(cy * s)], [0.0, 0.0, 1.0]])
         crop = warp(rgb, m, size)  # Landmark.get's warpAffine: bilinear, black border
         blob = to_blob([crop], self.lmk_mean, self.lmk_std)
-        pred = self.lmk_session.run(None, {self.lmk_input_name: blob})[0][0]
+        pred = self.lmk_net.run(blob)[0][0]
         pred = pred.reshape(-1, 3)[-68:, :2].astype(np.float64)  # 1103 (x, y, z) rows; the last 68 are iBUG-68
         pts = (pred + 1.0) * (size // 2)
         inv = np.linalg.inv(m)[:2]  # crop pixels -> source pixels
@@ -245,7 +240,7 @@ def find_detector_files(pack_dir) -> tuple[str, str | None]:
             f"ComfyUI/models/insightface/models/buffalo_l (with det_10g.onnx) or .../antelopev2 "
             f"(with scrfd_10g_bnkps.onnx).")
     folder = _pack_folder(pack)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
+    files, broken = onnx_files(folder)
     by_name = {p.name.lower(): p for p in files}
     det = next((by_name[k] for k in KNOWN_DETECTORS if k in by_name), None)
     no_kps = []
@@ -258,13 +253,13 @@ def find_detector_files(pack_dir) -> tuple[str, str | None]:
             if n in (6, 10):
                 no_kps.append(p.name)
     if det is None:
-        found = ", ".join(p.name for p in files) or "no .onnx files"
+        found = missing_files_message(files, broken)
         hint = f" ({', '.join(no_kps)}: SCRFD without keypoints, which alignment needs)" if no_kps else ""
         raise ModelFilesMissing(
             f"No face detector in {folder}: found {found}{hint}. Expected det_10g.onnx (buffalo_l), "
             f"scrfd_10g_bnkps.onnx (antelopev2) or another SCRFD detector with 5 keypoints "
-            f"(9 or 15 outputs). Unpack the whole insightface model pack so its .onnx files sit "
-            f"directly in this folder.")
+            f"(9 or 15 outputs)." + ("" if broken else " Unpack the whole insightface model pack so "
+            "its .onnx files sit directly in this folder."))
     lmk = by_name.get(LANDMARK68)
     return str(det), (str(lmk) if lmk else None)
 

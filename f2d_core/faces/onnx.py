@@ -1,76 +1,137 @@
-"""ONNX Runtime sessions, and the little we need to know about an ONNX file.
+"""insightface's ONNX files, read as they are and run by torch (models/onnx_graph.py).
 
-Only onnxruntime is a runtime dependency: the `onnx` package is not installed by
-ComfyUI, so the two facts insightface reads with it (the first node names, which
-decide a landmark model's input normalisation, and the output count, which tells
-an SCRFD detector apart) are read here straight from the protobuf wire format.
+No onnxruntime and no `onnx` package: onnxruntime comes in a dozen builds that all write the same
+`onnxruntime/` folder, so a pack that installs one breaks the others' GPU build (issue 22), and
+`onnx` pulls protobuf, which other packs pin. Each file is read once per process and device
+(cached by real path, size and mtime, so a replaced file is read again); nothing is written.
 """
 from __future__ import annotations
 
-import logging
+import functools
+import mmap
 import os
+import sys
+from struct import error as struct_error
 from typing import NamedTuple
 
+import numpy as np
+import torch
+
 from ..errors import CheckpointError, F2DError
+from ..models.onnx_graph import OnnxGraph, UnsupportedOp, fields, graph_span, parse_model
 
-log = logging.getLogger(__name__)
-
-_CUDA = "CUDAExecutionProvider"
-_CPU = "CPUExecutionProvider"
-_cuda_libs_preloaded = False
+FIX = ("download the insightface model pack again (buffalo_l.zip or antelopev2.zip) and unzip it "
+       "over this folder")
 
 
-def _providers(device: str) -> list:
-    import onnxruntime
-
+def torch_device(device) -> torch.device:
+    """'auto' (CUDA, else Apple MPS, else the CPU), 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device."""
+    if isinstance(device, torch.device):
+        return device
     dev = str(device).lower()
-    if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
-        raise F2DError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    if dev == "cpu":
-        return [_CPU]
-    if _CUDA not in onnxruntime.get_available_providers():
-        if dev != "auto":
-            log.warning("onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
-                        "face detection runs on the CPU.")
-        return [_CPU]
-    global _cuda_libs_preloaded
-    preload = getattr(onnxruntime, "preload_dlls", None)  # ORT >= 1.21: find pip-installed CUDA/cuDNN
-    if callable(preload) and not _cuda_libs_preloaded:
-        _cuda_libs_preloaded = True
-        try:
-            preload()
-        except Exception as exc:  # torch has usually loaded them already
-            log.debug("onnxruntime.preload_dlls failed: %s", exc)
-    device_id = int(dev.split(":", 1)[1]) if ":" in dev else 0
-    return [(_CUDA, {"device_id": device_id}), _CPU]
-
-
-def make_session(model_path, device: str = "auto"):
-    """An InferenceSession on CUDA when onnxruntime offers it (device auto/cuda), else CPU."""
-    import onnxruntime
-
-    path = os.fspath(model_path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"ONNX model file not found: {path}. Expected an insightface model file such as "
-            f"det_10g.onnx; put the model pack folder under ComfyUI/models/insightface/models/ "
-            f"and check the file name.")
-    opts = onnxruntime.SessionOptions()
-    opts.log_severity_level = 3  # errors only, as insightface does
-    # onnxruntime's CPU threads otherwise keep spinning after each run and take the cores from
-    # what comes next (resizing the next photo, the MSID encoder): measured 1.4x slower
-    # detection and 1.6x slower encoding right after it on 2 cores (benchmarks/RESULTS.md)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if dev == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
-        return onnxruntime.InferenceSession(path, sess_options=opts, providers=_providers(device))
-    except F2DError:
-        raise
-    except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+        return torch.device(dev)
+    except RuntimeError:
+        raise F2DError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.") from None
+
+
+def _missing(path):
+    if os.path.islink(path) and not os.path.exists(path):
+        return CheckpointError(
+            f"{path} is a broken symbolic link (it points to {os.readlink(path)!r}, which does not exist). "
+            f"Point the link at the real file or copy the file in its place.")
+    return CheckpointError(
+        f"ONNX model file not found: {path}. Expected an insightface model file such as "
+        f"det_10g.onnx; put the model pack folder under ComfyUI/models/insightface/models/ "
+        f"and check the file name.")
+
+
+def onnx_files(folder) -> tuple[list, list]:
+    """(the .onnx files of a folder, sorted; its .onnx links that lead nowhere, as "name -> target")."""
+    files, broken = [], []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() != ".onnx":
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink():  # dangling, or a loop: exists() is False for both
+            try:
+                target = os.readlink(p)
+            except OSError:
+                target = "?"
+            broken.append(f"{p.name} -> {target}")
+    return files, broken
+
+
+def missing_files_message(files, broken) -> str:
+    """What a pack folder holds, for "not found" messages: the files, and the broken links by name."""
+    found = ", ".join(p.name for p in files) or ("no readable .onnx files" if broken else "no .onnx files")
+    if broken:
+        found += (f"; broken symbolic link(s): {', '.join(broken)} (the link's target does not exist or "
+                  f"the links loop; point each link at the real file, or copy the file in its place)")
+    return found
+
+
+def _mapped(path):
+    """The file's bytes, memory-mapped: a summary touches only the graph, never the weights."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def file_key(path) -> tuple:
+    """(real path, size, mtime): what the caches are keyed by."""
+    real = os.path.realpath(os.fspath(path))
+    if not os.path.isfile(real):
+        raise _missing(os.fspath(path))
+    st = os.stat(real)
+    return real, st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _graph(real: str, size: int, mtime_ns: int, device: str) -> OnnxGraph:
+    name = os.path.basename(real)
+    try:
+        with open(real, "rb") as f:
+            buf = _mapped(real)  # the structure is read from the map; each weight straight from the file
+
+            def read_raw(_, start, end, dtype):
+                array = np.empty((end - start) // dtype.itemsize, dtype)
+                f.seek(start)
+                if f.readinto(memoryview(array).cast("B")) != end - start:
+                    raise ValueError("truncated tensor data")
+                return array if sys.byteorder == "little" else array.byteswap()
+
+            try:
+                model = parse_model(buf, read_raw)
+            finally:
+                if isinstance(buf, mmap.mmap):
+                    buf.close()
+        graph = OnnxGraph(model)
+    except UnsupportedOp as exc:
         raise CheckpointError(
-            f"{name} could not be loaded as an ONNX model ({path}): {exc}. The file is probably "
-            f"truncated or not an ONNX model; download the insightface model pack again "
-            f"(the .onnx files inside buffalo_l or antelopev2).") from exc
+            f"{name} ({real}) uses {exc.what}, which the pack's ONNX reader does not run"
+            f"{' (' + exc.why + ')' if exc.why else ''}: it is not one of insightface's face models (SCRFD "
+            f"det_10g / scrfd_10g_bnkps, 1k3d68, w600k_r50, glintr100). Use the .onnx files of buffalo_l "
+            f"or antelopev2 as they come.") from exc
+    except (ValueError, struct_error, UnicodeError) as exc:
+        raise CheckpointError(
+            f"{name} could not be read as an ONNX model ({real}): {exc}. The file is probably truncated "
+            f"or not an ONNX model; {FIX}.") from exc
+    graph.eval().requires_grad_(False)
+    return graph.to(torch.device(device))
+
+
+def load_graph(path, device="auto") -> OnnxGraph:
+    """The ONNX file as a torch module on `device` (cached per file and device)."""
+    real, size, mtime = file_key(path)
+    return _graph(real, size, mtime, str(torch_device(device)))
 
 
 class GraphSummary(NamedTuple):
@@ -78,61 +139,30 @@ class GraphSummary(NamedTuple):
     num_outputs: int
 
 
-def _varint(f) -> int:
-    value = shift = 0
-    while True:
-        b = f.read(1)
-        if not b:
-            raise EOFError("truncated protobuf")
-        value |= (b[0] & 0x7F) << shift
-        if b[0] < 0x80:
-            return value
-        shift += 7
-
-
-def _fields(f, end: int):
-    """Yield (field number, payload start, payload length) of length-delimited fields; skip the rest."""
-    while f.tell() < end:
-        key = _varint(f)
-        wire = key & 7
-        if wire == 0:
-            _varint(f)
-        elif wire == 1:
-            f.seek(8, 1)
-        elif wire == 5:
-            f.seek(4, 1)
-        elif wire == 2:
-            size = _varint(f)
-            start = f.tell()
-            yield key >> 3, start, size
-            f.seek(start + size)  # seek, so huge initializers are never read
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
 def read_graph_summary(path, max_nodes: int = 8) -> GraphSummary:
     """First node names and output count of an ONNX file (ModelProto.graph = 7;
-    GraphProto.node = 1, .output = 12; NodeProto.name = 3). ValueError if it is not ONNX."""
+    GraphProto.node = 1, .output = 12; NodeProto.name = 3), reading none of its weights.
+    ValueError if it is not ONNX."""
     names, outputs = [], 0
+    buf = _mapped(path)
     try:
-        with open(path, "rb") as f:
-            end = f.seek(0, 2)
-            f.seek(0)
-            for num, start, size in _fields(f, end):
-                if num != 7:
-                    continue
-                for gnum, gstart, gsize in _fields(f, start + size):
-                    if gnum == 12:
-                        outputs += 1
-                    elif gnum == 1 and len(names) < max_nodes:
-                        name = ""
-                        for nnum, nstart, nsize in _fields(f, gstart + gsize):
-                            if nnum == 3:
-                                f.seek(nstart)
-                                name = f.read(nsize).decode("utf-8", "replace")
-                        names.append(name)
-    except (EOFError, UnicodeError) as exc:
+        span = graph_span(buf)
+        if span is None:
+            raise ValueError(f"{path} has no ONNX graph")
+        for num, wire, value in fields(buf, *span):
+            if num == 12 and wire == 2:
+                outputs += 1
+            elif num == 1 and wire == 2 and len(names) < max_nodes:
+                name = ""
+                for nnum, _, nvalue in fields(buf, *value):
+                    if nnum == 3:
+                        name = bytes(buf[nvalue[0]:nvalue[1]]).decode("utf-8", "replace")
+                names.append(name)
+    except (ValueError, struct_error, IndexError) as exc:
         raise ValueError(f"{path} is not a readable ONNX file: {exc}") from exc
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
     if outputs == 0:
         raise ValueError(f"{path} has no ONNX graph outputs")
     return GraphSummary(names, outputs)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CheckpointError, F2DError, ModelFilesMissing
 from .align import ARCFACE_TEMPLATE as ARCFACE_TEMPLATE_112
 from .align import similarity_matrix, warp
-from .onnx import make_session, normalises_itself, read_graph_summary
+from .onnx import file_key, load_graph, missing_files_message, normalises_itself, onnx_files, read_graph_summary
 from .preprocess import to_blob
 
 KNOWN_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")  # buffalo_l, antelopev2
@@ -45,23 +45,28 @@ def _square_size(shape) -> int | None:
 
 
 class ArcFaceRecognizer:
-    """An insightface recognition model on onnxruntime: aligned crops -> identity embeddings."""
+    """An insightface recognition model run by torch: aligned crops -> identity embeddings.
+    load_graph: as FaceDetector's (the tests pass onnxruntime there, as their oracle)."""
 
-    def __init__(self, model_path, device: str = "auto"):
+    def __init__(self, model_path, device: str = "auto", load_graph=load_graph):
         path = os.fspath(model_path)
         self.model_path, self.name = path, os.path.basename(path)
-        self.session = make_session(path, device)
-        inp, outs = self.session.get_inputs()[0], self.session.get_outputs()
+        self.net = load_graph(path, device)
+        inp, outs = self.net.inputs[0], self.net.outputs
         size = _square_size(inp.shape)
         if len(outs) != 1 or size is None:
             raise CheckpointError(
                 f"{self.name} is not a face recognition model: it has {len(outs)} output(s) and input shape "
                 f"{inp.shape}; expected one output (the embedding) and a square [N, 3, 112, 112] input. Use "
                 "w600k_r50.onnx (buffalo_l) or glintr100.onnx (antelopev2).")
-        self.input_name, self.output_name, self.input_size = inp.name, outs[0].name, size
+        self.input_size = size
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         # insightface's ArcFaceONNX rule (no bn_data case, unlike the landmark model)
         self.input_mean, self.input_std = (0.0, 1.0) if normalises_itself(path) else (127.5, 127.5)
+
+    def networks(self) -> list:
+        """The torch module it runs (for a host's memory manager to move it)."""
+        return [self.net]
 
     def align(self, image_rgb: np.ndarray, landmarks5) -> np.ndarray:
         """insightface face_align.norm_crop: uint8 RGB (size, size, 3) crop of the face."""
@@ -83,7 +88,7 @@ class ArcFaceRecognizer:
         out = []
         for i in range(0, len(crops), step):
             blob = to_blob(crops[i:i + step], self.input_mean, self.input_std)
-            out.append(self.session.run([self.output_name], {self.input_name: blob})[0])
+            out.append(self.net.run(blob)[0])
         return np.concatenate(out).reshape(len(crops), -1).astype(np.float32)
 
     def embeddings(self, crops) -> np.ndarray:
@@ -98,14 +103,15 @@ def _pack_folder(pack: Path) -> Path:
 
 
 def _is_recognizer(path: Path) -> bool:
-    """One output, a square 112/128 input: checked without onnxruntime first (the output count)."""
+    """One output, a square 112/128 input: checked cheaply first (the output count), then by
+    loading the graph (cached, so the scorer reuses it)."""
     try:
         if read_graph_summary(path).num_outputs != 1:
             return False
-        session = make_session(path, "cpu")
-    except (OSError, ValueError):
+        net = load_graph(path, "cpu")
+    except (OSError, ValueError, CheckpointError):
         return False
-    inp, outs = session.get_inputs()[0], session.get_outputs()
+    inp, outs = net.inputs[0], net.outputs
     return len(outs) == 1 and _square_size(inp.shape) is not None and len(outs[0].shape) == 2
 
 
@@ -119,7 +125,7 @@ def find_recognizer_file(pack_dir) -> str:
             "ComfyUI/models/insightface/models/buffalo_l (with w600k_r50.onnx) or .../antelopev2 "
             "(with glintr100.onnx).")
     folder = _pack_folder(pack)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
+    files, broken = onnx_files(folder)
     by_name = {p.name.lower(): p for p in files}
     for known in KNOWN_RECOGNIZERS:
         if known in by_name:
@@ -127,7 +133,7 @@ def find_recognizer_file(pack_dir) -> str:
     for p in files:
         if p.name.lower() not in ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx") and _is_recognizer(p):
             return str(p)
-    found = ", ".join(p.name for p in files) or "no .onnx files"
+    found = missing_files_message(files, broken)
     raise ModelFilesMissing(
         f"No face recognition model in {folder}: found {found}. Expected w600k_r50.onnx (buffalo_l), "
         "glintr100.onnx (antelopev2) or another insightface recognition model (one 512-d output, "
@@ -147,7 +153,5 @@ def _load(real_path: str, mtime_ns: int, device: str) -> ArcFaceRecognizer:
 
 def load_recognizer(model_path, device: str = "auto") -> ArcFaceRecognizer:
     """Cached: each model file is loaded once (reloaded when the file changes)."""
-    real = os.path.realpath(os.fspath(model_path))
-    if not os.path.isfile(real):
-        make_session(real, device)  # raises the usual "ONNX model file not found ..." message
-    return _load(real, os.stat(real).st_mtime_ns, device)
+    real, _, mtime = file_key(model_path)  # a missing file: the usual "ONNX model file not found ..."
+    return _load(real, mtime, str(device))

@@ -66,6 +66,10 @@ class IdentityScorer:
     def __init__(self, detector, recognizer, policy="largest"):
         self.detector, self.recognizer, self.policy = detector, recognizer, policy
 
+    def networks(self) -> list:
+        """The detector's and the recogniser's torch modules (for a host's memory manager)."""
+        return self.detector.networks() + self.recognizer.networks()
+
     def embed(self, image, name: str = "image") -> np.ndarray | None:
         """The normalised embedding of the chosen face (default: the largest), None without a face."""
         rgb = to_rgb_uint8(image, name)
