@@ -9,7 +9,7 @@ from ..f2d_core.faces.detect import list_insightface_packs
 from ..f2d_core.errors import ModelFilesMissing
 from ..f2d_core.identity.face_file import list_faces
 from ..f2d_core.faces.recognize import list_recognizer_packs
-from ..f2d_core.weights.files import name_problem, where_to_get
+from ..f2d_core.weights.files import BUFFALO_L_URL, name_problem, where_to_get
 
 F2D_FOLDER = "face2diffusion"
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
@@ -132,14 +132,14 @@ def _pack_path(name: str, what: str, listed: list[str], need: str) -> str:
 
 def detector_pack_path(name: str) -> str:
     return _pack_path(name, "detector", detector_packs(),
-                      f"Unzip buffalo_l (det_10g.onnx) or antelopev2 there, or choose '{NO_DETECTOR}' if your "
-                      "images are aligned face crops.")
+                      f"Unzip insightface's buffalo_l ({BUFFALO_L_URL}: det_10g.onnx) or antelopev2 there, "
+                      f"or choose '{NO_DETECTOR}' if your images are aligned face crops.")
 
 
 def recognizer_pack_path(name: str) -> str:
     return _pack_path(name, "recognizer", recognizer_packs(),
-                      "Unzip buffalo_l (det_10g.onnx + w600k_r50.onnx) or antelopev2 (scrfd_10g_bnkps.onnx + "
-                      "glintr100.onnx) there.")
+                      f"Unzip insightface's buffalo_l ({BUFFALO_L_URL}: det_10g.onnx + w600k_r50.onnx) or "
+                      "antelopev2 (scrfd_10g_bnkps.onnx + glintr100.onnx) there.")
 
 
 def identity_dir() -> str:

@@ -180,11 +180,13 @@ def test_a_listed_name_still_loads_and_a_link_inside_the_folder_still_works(comf
      r"expression_model: 'epoch_99\.pth' is not in .*face2diffusion \(found: .*\)\. Put epoch_20\.pth"),
     ("LoadF2DEncoder", "detector", "antelopev2",
      r"detector: insightface pack 'antelopev2' not found under .*insightface.models \(found: buffalo_l.*\)\. Unzip "
-     r"buffalo_l"),
+     r"insightface's buffalo_l \(https://github\.com/deepinsight/insightface/releases/.*/buffalo_l\.zip: "
+     r"det_10g\.onnx\)"),
     ("F2DLoadFace", "name", "nobody.f2d.safetensors",
      r"no saved face 'nobody\.f2d\.safetensors' in .*face2diffusion \(found: .*\)\. Save one with Save Face first"),
     ("F2DFaceSimilarity", "recognizer", "antelopev2",
-     r"recognizer: insightface pack 'antelopev2' not found under .*\(found: .*\)\. Unzip buffalo_l"),
+     r"recognizer: insightface pack 'antelopev2' not found under .*\(found: .*\)\. Unzip insightface's buffalo_l "
+     r"\(https://.*buffalo_l\.zip: det_10g\.onnx \+ w600k_r50\.onnx\)"),
 ])
 def test_a_file_named_by_a_shared_workflow_but_missing_here_gets_the_packs_message(comfy_server, crop_prompt, photos,
                                                                                   node, value_input, value, message):
