@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import folder_paths
 
@@ -113,10 +114,10 @@ def recognizer_packs() -> list[str]:
     return names
 
 
-def _pack_path(name: str, what: str, listed: list[str], need: str) -> str:
+def _pack_path(name: str, what: str, listed: Callable[[], list[str]], need: str) -> str:
     """The folder of a pack: one plain folder name in an insightface root (anything else is refused
     before it is looked at). A pack folder that exists but lacks a file is returned, so the loader's
-    finders can say what is missing in it."""
+    finders can say what is missing in it. `listed` scans every pack, so only a failure calls it."""
     refusal = pack_refusal(name, what) if name is not None else f"{what}: no pack chosen"
     if refusal:
         raise ModelFilesMissing(refusal)
@@ -126,18 +127,18 @@ def _pack_path(name: str, what: str, listed: list[str], need: str) -> str:
             return p
     raise ModelFilesMissing(
         f"{what}: insightface pack {name!r} not found under "
-        f"{os.path.join(folder_paths.models_dir, 'insightface', 'models')} (found: {', '.join(listed) or 'none'}). "
+        f"{os.path.join(folder_paths.models_dir, 'insightface', 'models')} (found: {', '.join(listed()) or 'none'}). "
         f"{need}")
 
 
 def detector_pack_path(name: str) -> str:
-    return _pack_path(name, "detector", detector_packs(),
+    return _pack_path(name, "detector", detector_packs,
                       f"Unzip insightface's buffalo_l ({BUFFALO_L_URL}: det_10g.onnx) or antelopev2 there, "
                       f"or choose '{NO_DETECTOR}' if your images are aligned face crops.")
 
 
 def recognizer_pack_path(name: str) -> str:
-    return _pack_path(name, "recognizer", recognizer_packs(),
+    return _pack_path(name, "recognizer", recognizer_packs,
                       f"Unzip insightface's buffalo_l ({BUFFALO_L_URL}: det_10g.onnx + w600k_r50.onnx) or "
                       "antelopev2 (scrfd_10g_bnkps.onnx + glintr100.onnx) there.")
 

@@ -247,9 +247,10 @@ def _list(keys, n=5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def validate(sd: dict, kind: str, path: str, metadata: dict | None = None) -> None:
+def validate(sd: dict, kind: str, path: str, metadata: dict | None = None) -> Family:
     """Raise CheckpointError unless `sd` has exactly the keys and shapes of `kind` (a mapping: of
-    the family its shapes and metadata agree on, see mapping_family)."""
+    the family its shapes and metadata agree on, see mapping_family); returns that family (SD1.x
+    for every other kind)."""
     spec = KINDS[kind]
     found = identify(sd.keys())
     if found != kind:
@@ -270,9 +271,11 @@ def validate(sd: dict, kind: str, path: str, metadata: dict | None = None) -> No
         if wrong:
             parts.append(f"wrong shapes: {_list(wrong, 3)}")
         fix = f"use the official {spec.file_names[0]}" if family == SD1 else "export it again from its training run"
+        layout = "official" if family == SD1 else family.label
         raise CheckpointError(
-            f"{path}: looks like {spec.title} but does not match the {'official' if family == SD1 else family.label} layout ({'; '.join(parts)}). "
+            f"{path}: looks like {spec.title} but does not match the {layout} layout ({'; '.join(parts)}). "
             f"The file may be from another version or incomplete; {fix}.")
+    return family
 
 
 def load_checkpoint(path: str, kind: str) -> dict[str, torch.Tensor]:
@@ -299,8 +302,7 @@ def load_mapping(path: str) -> MappingFile:
     path = os.fspath(path)
     sd = read_state_dict(path)
     metadata = read_metadata(path)
-    validate(sd, "mapping", path, metadata)
-    return MappingFile(sd, mapping_family(sd, metadata, path), metadata)
+    return MappingFile(sd, validate(sd, "mapping", path, metadata), metadata)
 
 
 def convert(src: str, dst: str) -> str:

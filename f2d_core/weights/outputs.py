@@ -7,8 +7,9 @@ suffix, so no file list shows it), or the one safetensors' save_file writes firs
 ours (`.tmp` and six letters or digits, the Rust tempfile crate's name), which the next write into
 that folder removes once it is older than STALE_AFTER_S: ours by name, safetensors' only when its
 header carries our metadata, so no other program's file is touched. The file written gets the mode
-the umask gives any file the user saves (safetensors' own temp file is 0600). It lives with the weights because this is the layer that reads and writes
-files: `convert` writes checkpoints through it, and the identity layer above its face files.
+the umask gives any file the user saves (safetensors' own temp file is 0600). It lives with the
+weights because this is the layer that reads and writes files: `convert` writes checkpoints
+through it, and the identity layer above its face files.
 """
 from __future__ import annotations
 
