@@ -2,9 +2,9 @@
 
 Every sample's identity tokens S1*, S2* are split per text encoder of the base family
 (SD1.x: 768 for CLIP-L; SDXL: 768 for CLIP-L and 1280 for bigG, `Family.split`), and each
-part goes through `f2d_core.text.inject.inject_face` (which puts S* - position_embedding[slot]
-of that encoder where "f l" stands, since the official code overwrites token + position
-embeddings) and `f2d_core.text.clip.encode_chunks` (which writes them into the frozen
+part goes through `f2d_core.text.inject.inject_family`, the inference injection (it puts
+S* - position_embedding[slot] of each encoder where "f l" stands, since the official code
+overwrites token + position embeddings) and `f2d_core.text.clip.encode_chunks` (which writes them into the frozen
 encoder's token embeddings and reads the family's hidden layer, and bigG's pooled output);
 both keep the autograd graph, so the loss reaches the mapping network through the frozen
 text encoders.
@@ -19,7 +19,7 @@ import torch
 from ..errors import F2DError
 from ..models.families import SD1, Family
 from ..text import inject
-from ..text.clip import encode_chunks, encode_family, position_embedding
+from ..text.clip import encode_chunks, encode_family, position_embedding, token_chunks
 
 BOS, EOS = inject.BOS, inject.EOS
 TRAIN_PROMPT = "a photo of f l"
@@ -52,7 +52,7 @@ def token_chunk(ids: list[int], pad: int = EOS) -> list:
     """One 77-token chunk: BOS, the prompt, EOS, `pad` padding (ComfyUI's layout; SDXL's clip_g pads with 0)."""
     if len(ids) > 75:
         raise F2DError(f"training prompts must fit in 75 tokens, this one has {len(ids)}")
-    return [(t, 1.0) for t in [BOS] + ids + [EOS] + [pad] * (75 - len(ids))]
+    return token_chunks(ids, pad)[0]
 
 
 class PromptEncoder:
@@ -67,15 +67,13 @@ class PromptEncoder:
         self.tokens = {s.key: [token_chunk(ids, s.pad_token)] for s in family.streams}
         self.trigger_ids = prompt_ids(trigger, tokenizer)
         self.has_trigger = bool(inject.find_trigger(self.tokens[family.keys[0]], self.trigger_ids))
+        # the frozen encoders' position tables, read once (inject_face takes them as CPU fp32 copies)
+        self.positions = {k: position_embedding(m).detach().float().cpu() for k, m in self.encoders.items()}
 
     def encode(self):
         """The prompt as written (e.g. the class prompt): ((1, 77, token_width) conditioning,
         (1, projection) pooled output or None)."""
         return encode_family(self.encoders, self.tokens, self.family)
-
-    def plain(self) -> torch.Tensor:
-        """(1, 77, token_width) conditioning of the prompt as written."""
-        return self.encode()[0]
 
     def identity(self, s1: torch.Tensor, s2: torch.Tensor):
         """The prompt with sample b's S1*, S2* (B, token_width) in place of the trigger in every
@@ -83,16 +81,15 @@ class PromptEncoder:
         if not self.has_trigger:
             raise F2DError(f"the prompt {self.prompt!r} does not contain the trigger; write it with 'f l' where "
                            "the person goes, e.g. 'a photo of f l'.")
-        words1, words2 = self.family.split(s1), self.family.split(s2)
+        chunks = {key: [] for key in self.family.keys}
+        for b in range(s1.shape[0]):  # the inference injection, per sample, into every encoder's tokens
+            tokens = inject.inject_family(self.tokens, self.family, self.trigger_ids, s1[b], s2[b], self.positions)
+            for key in chunks:
+                chunks[key] += tokens[key]
         hidden, pooled = [], None
         for stream in self.family.streams:
-            key, model = stream.key, self.encoders[stream.key]
-            pos = position_embedding(model)
-            chunks = []
-            for b in range(s1.shape[0]):
-                chunks += inject.inject_face({key: self.tokens[key]}, self.trigger_ids, words1[key][b],
-                                             words2[key][b], pos, key=key)[key]
-            h, p = encode_chunks(model, chunks, stream, pooled=self.family.pooled == key)
+            key = stream.key
+            h, p = encode_chunks(self.encoders[key], chunks[key], stream, pooled=self.family.pooled == key)
             hidden.append(h)
             pooled = p if p is not None else pooled
         return torch.cat(hidden, dim=-1), pooled

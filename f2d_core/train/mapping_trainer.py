@@ -28,12 +28,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import F2DError
 from ..models import families
+from ..weights.files import file_sha256
 
 from . import runtime
 from .conditioning import CLASS_PROMPT, TRAIN_PROMPT, TRIGGER, PromptEncoder
@@ -141,15 +143,6 @@ class PerSampleMapping(torch.nn.Module):
         return torch.cat(s1), torch.cat(s2)
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _seed_dropout(seed: int, device: torch.device):
     """Seed the generator nn.Dropout draws from on `device` (only that device's)."""
     if device.type == "cuda":
@@ -197,7 +190,11 @@ class MappingTrainer(BaseTrainer):
                            "'a photo of f l'.")
         with torch.no_grad(), self.autocast():
             self.class_cond, self.class_pooled = self.class_prompt.encode()
-        self.msid_sha256 = _sha256(cfg.msid) if cfg.msid and os.path.isfile(cfg.msid) else ""
+
+    @cached_property
+    def msid_sha256(self) -> str:
+        """sha256 of the MSID file, for the exported mapping's metadata (hashed when first written)."""
+        return file_sha256(self.cfg.msid) if self.cfg.msid and os.path.isfile(self.cfg.msid) else ""
 
     def prompt_encoder(self, prompt: str) -> PromptEncoder:
         return PromptEncoder(self.parts.text_encoders, prompt, self.parts.tokenizer, family=self.family)

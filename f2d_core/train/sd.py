@@ -40,9 +40,7 @@ SD1_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=512, act_fn="silu", norm_num_groups=32,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, scaling_factor=0.18215)
-SD1_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-                projection_dim=768)
+SD1_TEXT = families.CLIP_L.clip_config()  # CLIP ViT-L/14, as models/families.py holds it
 # the training noise schedule of every SD1.x model (scaled-linear betas, epsilon prediction)
 SD1_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                      prediction_type="epsilon", steps_offset=1, clip_sample=False, set_alpha_to_one=False)
