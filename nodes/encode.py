@@ -35,8 +35,8 @@ class F2DEncodeFace(io.ComfyNode):
                              tooltip="With face = index: 0 is the largest face, 1 the second largest, ..."),
                 io.Combo.Input("on_no_face", options=list(choices.ON_NO_FACE), default="error",
                                tooltip="error: stop when a photo has no usable face (none found, too small, "
-                                       "a blank, saturated or cut-off image). skip: leave that photo out (still an error "
-                                       "when no photo is left)."),
+                                       "a blank, saturated or cut-off image). skip: leave that photo out (still an "
+                                       "error when no photo is left)."),
                 io.Int.Input("min_face_px", default=MIN_FACE_PX, min=0, max=4096,
                              tooltip=f"Smallest face encoded: pixels on the longer side of its box (default "
                                      f"{MIN_FACE_PX}; smaller faces give a blurred, upscaled crop). 0 allows "

@@ -36,7 +36,7 @@ class EncoderHandle:
                                                         load_device=load_device, offload_device=offload_device)
         self.detector = detector
         self.detector_name = detector_name
-        self.detector_patcher = networks_patcher(detector, load_device, offload_device)
+        self.detector_patchers = network_patchers(detector, load_device, offload_device)
         self.expression_model: ExpressionRegressor | None = None  # optional
         self._expression_patcher = None
 
@@ -45,12 +45,12 @@ class EncoderHandle:
         other = object.__new__(EncoderHandle)
         model, patcher = expression if expression is not None else (None, None)
         other.__dict__.update(self.__dict__, detector=detector, detector_name=detector_name,
-                              detector_patcher=networks_patcher(detector, self.load_device, self.offload_device),
+                              detector_patchers=network_patchers(detector, self.load_device, self.offload_device),
                               expression_model=model, _expression_patcher=patcher)
         return other
 
     def _with_detector(self, patchers: list) -> list:
-        return patchers + ([self.detector_patcher] if self.detector_patcher is not None else [])
+        return patchers + self.detector_patchers
 
     def reference_expression(self, images, **kw) -> torch.Tensor:
         """(N, 64) Deep3DFaceRecon expression coefficients (on the CPU) of the faces in `images`,
@@ -77,24 +77,33 @@ class EncoderHandle:
 
 _cache: dict = {}
 _expression_cache: dict = {}
-_networks_cache: dict = {}
+_network_cache: dict = {}
 
 
-def networks_patcher(owner, load_device, offload_device):
-    """A ModelPatcher over the torch modules of a face detector or identity scorer (insightface's
-    ONNX files run by torch: det_10g, 1k3d68, w600k_r50), so ComfyUI moves them to its compute
-    device for a run and evicts them when it needs the memory; None when there are none (dlib).
-    One patcher per set of modules, kept (ComfyUI tracks patchers weakly)."""
+def network_patchers(owner, load_device, offload_device) -> list:
+    """ModelPatchers over the torch modules of a face detector or identity scorer (insightface's ONNX
+    files run by torch: det_10g, 1k3d68, w600k_r50), so ComfyUI moves them to its compute device for a
+    run and evicts them when it needs the memory; [] when there are none (dlib). One patcher per
+    network, kept: the detector shared by the loader and Face Similarity (faces.onnx caches one
+    module per file) is counted and moved by one patcher, and ComfyUI tracks patchers weakly."""
     nets = owner.networks() if owner is not None and hasattr(owner, "networks") else []
-    if not nets:
-        return None
-    key = (tuple(id(n) for n in nets), str(load_device), str(offload_device))
-    if key not in _networks_cache:
-        if len(_networks_cache) >= 4:
-            _networks_cache.pop(next(iter(_networks_cache)))
-        _networks_cache[key] = comfy.model_patcher.ModelPatcher(
-            _Patchable(nn.ModuleList(nets), offload_device), load_device=load_device, offload_device=offload_device)
-    return _networks_cache[key]
+    patchers = []
+    for net in nets:
+        key = (id(net), str(load_device), str(offload_device))
+        if key not in _network_cache:
+            if len(_network_cache) >= 8:
+                _network_cache.pop(next(iter(_network_cache)))
+            _network_cache[key] = comfy.model_patcher.ModelPatcher(
+                _Patchable(net, offload_device), load_device=load_device, offload_device=offload_device)
+        patchers.append(_network_cache[key])
+    return patchers
+
+
+def devices(choice: str) -> tuple:
+    """(load, offload) device for a node's device input: "auto" is ComfyUI's, anything else the CPU."""
+    if choice == "auto":
+        return mm.get_torch_device(), mm.unet_offload_device()
+    return torch.device("cpu"), torch.device("cpu")
 
 
 def _file_key(path):
@@ -104,8 +113,7 @@ def _file_key(path):
 
 def load_handle(msid_path, mapping_path, device_choice="auto", dtype=None) -> EncoderHandle:
     """Built once per (files, device, dtype) and reused across graphs and runs."""
-    load_device = mm.get_torch_device() if device_choice == "auto" else torch.device("cpu")
-    offload_device = mm.unet_offload_device() if device_choice == "auto" else torch.device("cpu")
+    load_device, offload_device = devices(device_choice)
     dtype = dtype or torch.float32  # "auto" (None) is fp32, as in the official code; fp16/bf16 only when chosen
     key = (_file_key(msid_path), _file_key(mapping_path), str(load_device), str(dtype))
     if key not in _cache:

@@ -5,11 +5,9 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.v0_0_2 import io, ui
 
-import torch
-
 from ..f2d_core.faces.similarity import load_identity_scorer
 from . import paths
-from .handle import networks_patcher
+from .handle import devices, network_patchers
 
 DEVICES = ("auto", "cpu")
 
@@ -59,10 +57,9 @@ class F2DFaceSimilarity(io.ComfyNode):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         # the pack's own finders say what is missing in it; no need to rescan every pack here
-        load_device = mm.get_torch_device() if device == "auto" else torch.device("cpu")
-        offload_device = mm.unet_offload_device() if device == "auto" else torch.device("cpu")
+        load_device, offload_device = devices(device)
         scorer = load_identity_scorer(paths.recognizer_pack_path(recognizer), device=offload_device)
-        mm.load_models_gpu([networks_patcher(scorer, load_device, offload_device)], force_full_load=True)
+        mm.load_models_gpu(network_patchers(scorer, load_device, offload_device), force_full_load=True)
         identity = scorer.reference(reference)
         pbar = comfy.utils.ProgressBar(int(images.shape[0]))
         result = scorer.score(identity, images, progress=lambda i, n: pbar.update_absolute(i, n),
