@@ -23,7 +23,7 @@ from ..errors import CheckpointError, F2DError, ModelFilesMissing, NoFaceError
 from .align import landmarks68_to_5, warp
 from .dlib_detector import load_dlib_detector
 from .images import to_rgb_uint8
-from .onnx import load_graph, missing_files_message, normalises_itself, onnx_files, read_graph_summary
+from .onnx import file_key, load_graph, missing_files_message, normalises_itself, onnx_files, read_graph_summary
 from .preprocess import resized_strips, to_blob
 
 KNOWN_DETECTORS = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")  # buffalo_l, antelopev2
@@ -282,8 +282,9 @@ def list_insightface_packs(models_root, finders=(find_detector_files,)) -> list[
 
 
 @functools.lru_cache(maxsize=2)
-def _load(det, det_mtime, lmk, lmk_mtime, device, options):
-    return FaceDetector(det, lmk, device=device, **dict(options))
+def _load(det_key, lmk_key, device, options):
+    """det_key, lmk_key: onnx.file_key's (real path, size, mtime), so a replaced file is reloaded."""
+    return FaceDetector(det_key[0], lmk_key[0] if lmk_key else None, device=device, **dict(options))
 
 
 def load_detector(pack_dir, use_landmarks68=True, device="auto", **kw) -> FaceDetector:
@@ -294,10 +295,9 @@ def load_detector(pack_dir, use_landmarks68=True, device="auto", **kw) -> FaceDe
         return load_dlib_detector(Face, device=device, **kw)
     # --- insightface packs
     det, lmk = find_detector_files(pack_dir)
-    det = os.path.realpath(det)
-    lmk = os.path.realpath(lmk) if (lmk and use_landmarks68) else None
-    return _load(det, os.stat(det).st_mtime_ns, lmk, os.stat(lmk).st_mtime_ns if lmk else None,
-                 device, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
+    lmk_key = file_key(lmk) if (lmk and use_landmarks68) else None
+    return _load(file_key(det), lmk_key, device,
+                 tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
 
 
 def index_order(faces) -> list[Face]:

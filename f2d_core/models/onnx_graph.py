@@ -13,7 +13,7 @@ and ComfyUI's ModelPatcher move it like any network. Nothing here opens files (f
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -189,8 +189,6 @@ class OnnxModel:
     initializers: dict            # name -> numpy array
     inputs: list                  # ValueInfo of the graph inputs that are not initializers
     outputs: list                 # ValueInfo
-    producer: str = ""
-    op_types: set = field(default_factory=set)
 
 
 def _node(buf, start, end) -> Node:
@@ -248,16 +246,14 @@ def graph_span(buf) -> tuple[int, int] | None:
 
 
 def parse_model(buf, read_raw=_copy_raw) -> OnnxModel:
-    """Read a ModelProto (ir_version = 1, producer_name = 2, graph = 7, opset_import = 8) from a
+    """Read a ModelProto (graph = 7, opset_import = 8) from a
     bytes-like buffer (bytes, mmap). read_raw(buf, start, end, dtype) -> array gives each weight's
     data (a file reader can read it straight into its array). ValueError when it is not a complete
     ONNX model."""
-    opset, producer, graph = 0, "", None
+    opset, graph = 0, None
     for num, wire, v in fields(buf):
         if num == 7 and wire == 2:
             graph = v
-        elif num == 2 and wire == 2:
-            producer = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
         elif num == 8 and wire == 2:  # OperatorSetIdProto: domain = 1, version = 2
             domain, version = "", 0
             for onum, _, ov in fields(buf, *v):
@@ -283,7 +279,7 @@ def parse_model(buf, read_raw=_copy_raw) -> OnnxModel:
     if not outputs or not nodes:
         raise ValueError("the ONNX graph has no nodes or no outputs")
     inputs = [i for i in inputs if i.name not in inits]
-    return OnnxModel(opset or 13, nodes, inits, inputs, outputs, producer, {n.op for n in nodes})
+    return OnnxModel(opset or 13, nodes, inits, inputs, outputs)
 
 
 # --- the ops --------------------------------------------------------------------------------------
@@ -608,6 +604,25 @@ def _transpose(node, x):
     return x.permute(*perm)
 
 
+def _pad(node, opset, x, pads=None, value=None, axes=None):
+    mode = node.attrs.get("mode", "constant")
+    pads = node.attrs.get("pads") if opset < 11 else _ints_of(pads)
+    if opset < 11:
+        fill = node.attrs.get("value", 0.0)
+    else:
+        fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
+    if axes is not None:
+        raise UnsupportedOp(node, "pad axes")
+    n = x.dim()
+    begin, end = pads[:n], pads[n:]
+    torch_pads = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
+    while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
+        torch_pads = torch_pads[:-2]
+    if mode == "constant":
+        return F.pad(x, torch_pads, value=fill)
+    return F.pad(x, torch_pads, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
 # op -> (function, whether it takes the opset after the node)
 OPS = {
     "Conv": (_conv, False),
@@ -652,30 +667,13 @@ OPS = {
     "ReduceMax": (_reduce(torch.amax), True),
     "Resize": (_resize, True),
     "Upsample": (_resize, True),
-    "Pad": (None, True),  # below: needs the constant pads
+    "Pad": (_pad, True),
     "ConstantOfShape": (_constant_of_shape, False),
     "Identity": (lambda n, x: x, False),
     "Dropout": (lambda n, x, *_: x, False),  # inference: Dropout is the identity
 }
 
 
-def _pad(node, opset, x, pads=None, value=None, axes=None):
-    mode = node.attrs.get("mode", "constant")
-    pads = node.attrs.get("pads") if opset < 11 else _ints_of(pads)
-    fill = node.attrs.get("value", 0.0) if opset < 11 else (float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0)
-    if axes is not None:
-        raise UnsupportedOp(node, "pad axes")
-    n = x.dim()
-    begin, end = pads[:n], pads[n:]
-    torch_pads = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
-    while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
-        torch_pads = torch_pads[:-2]
-    if mode == "constant":
-        return F.pad(x, torch_pads, value=fill)
-    return F.pad(x, torch_pads, mode={"reflect": "reflect", "edge": "replicate"}[mode])
-
-
-OPS["Pad"] = (_pad, True)
 
 
 # --- the graph as an nn.Module --------------------------------------------------------------------
@@ -728,19 +726,12 @@ class OnnxGraph(nn.Module):
         nodes = _fold_batch_norms(model) if fold_batch_norms else list(model.nodes)
         self.opset = model.opset
         self.inputs, self.outputs = model.inputs, model.outputs
-        self.op_types = model.op_types
         needed = {i for n in nodes for i in n.inputs}
         self._consts = {}  # integer / bool constants (shapes, axes, indices): stay on the CPU
         self._buffer_of = {}
         for name, array in model.initializers.items():
-            if name not in needed:
-                continue
-            if array.dtype.kind == "f":
-                key = f"t{len(self._buffer_of)}"
-                self.register_buffer(key, torch.from_numpy(np.ascontiguousarray(array, np.float32)))
-                self._buffer_of[name] = key
-            else:
-                self._consts[name] = torch.from_numpy(np.array(array, array.dtype.newbyteorder("=")))
+            if name in needed:
+                self._keep(name, array)
         self._steps = []
         for n in nodes:
             if n.op == "Constant":
@@ -751,13 +742,7 @@ class OnnxGraph(nn.Module):
                             value = np.asarray(n.attrs[k], np.float32 if "float" in k else np.int64)
                 if value is None:
                     raise UnsupportedOp(n, "a Constant without a tensor value")
-                value = np.asarray(value)
-                if value.dtype.kind == "f":
-                    key = f"t{len(self._buffer_of)}"
-                    self.register_buffer(key, torch.from_numpy(np.ascontiguousarray(value, np.float32)))
-                    self._buffer_of[n.outputs[0]] = key
-                else:
-                    self._consts[n.outputs[0]] = torch.from_numpy(np.array(value))
+                self._keep(n.outputs[0], np.asarray(value))
                 continue
             fn, takes_opset = OPS[n.op]
             self._steps.append((n, fn, takes_opset))
@@ -770,6 +755,16 @@ class OnnxGraph(nn.Module):
         self._free = [[i for i in set(n.inputs) if last.get(i) == k and i not in keep]
                       for k, (n, _, _) in enumerate(self._steps)]
 
+
+    def _keep(self, name: str, array: np.ndarray) -> None:
+        """A weight or constant of the graph: floats become buffers (moved with the module), integer
+        and bool constants (shapes, axes, indices) stay CPU tensors. The readers give native byte order."""
+        if array.dtype.kind == "f":
+            key = f"t{len(self._buffer_of)}"
+            self.register_buffer(key, torch.from_numpy(np.ascontiguousarray(array, np.float32)))
+            self._buffer_of[name] = key
+        else:
+            self._consts[name] = torch.from_numpy(np.array(array))
     def forward(self, *inputs):
         if len(inputs) != len(self.inputs):
             raise ValueError(f"the graph takes {len(self.inputs)} input(s), got {len(inputs)}")
